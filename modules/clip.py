@@ -1,0 +1,287 @@
+"""CLIP's image and text towers in OpenAI's state-dict key layout, built from a state dict.
+
+Every size is inferred from the weights (`config_from_state_dict`), so ViT-B/32, ViT-B/16,
+ViT-L/14 and tiny test models (width 64, one head) build the same way. Tensors inside the
+towers are batch-first: `[rows, tokens, width]`.
+
+Each residual block has an optional `tokencluster_inter` module (None by default): the image
+tower's token-clustering hook. The block calls it on its input before attention and calls its
+`post_attention` after the attention residual (see `ResidualAttentionBlock.forward`).
+"""
+import hashlib
+import os
+import urllib.request
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+
+@dataclass
+class CLIPConfig:
+    embed_dim: int
+    image_resolution: int
+    vision_layers: int
+    vision_width: int
+    vision_patch_size: int
+    context_length: int
+    vocab_size: int
+    transformer_width: int
+    transformer_heads: int
+    transformer_layers: int
+
+    @property
+    def vision_heads(self):
+        return self.vision_width // 64 or 1
+
+
+def config_from_state_dict(state_dict):
+    """Infer every size of a ViT CLIP from its OpenAI-layout state dict (SPEC §1)."""
+    if "visual.conv1.weight" not in state_dict or "visual.proj" not in state_dict:
+        raise ValueError("not a ViT CLIP state dict in OpenAI's key layout (no visual.conv1.weight / "
+                         "visual.proj); ResNet CLIP models are not supported")
+    conv1 = state_dict["visual.conv1.weight"]  # [W, 3, P, P]
+    vision_layers = len([k for k in state_dict if k.startswith("visual.") and k.endswith(".attn.in_proj_weight")])
+    grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    text_layers = {k.split(".")[2] for k in state_dict if k.startswith("transformer.resblocks.")}
+    transformer_width = state_dict["ln_final.weight"].shape[0]
+    return CLIPConfig(
+        embed_dim=state_dict["text_projection"].shape[1],
+        image_resolution=conv1.shape[-1] * grid,
+        vision_layers=vision_layers,
+        vision_width=conv1.shape[0],
+        vision_patch_size=conv1.shape[-1],
+        context_length=state_dict["positional_embedding"].shape[0],
+        vocab_size=state_dict["token_embedding.weight"].shape[0],
+        transformer_width=transformer_width,
+        transformer_heads=transformer_width // 64 or 1,
+        transformer_layers=len(text_layers),
+    )
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 and cast back, so fp16 weights stay stable."""
+
+    def forward(self, x):
+        out = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+        return out.type(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with CLIP's fused in-projection (`attn.in_proj_weight` [3W, W])."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+    def forward(self, x, attn_mask=None):
+        """x [B, L, W]; attn_mask additive, broadcastable to [B, heads, L, L]."""
+        B, L, W = x.shape
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.view(B, L, self.heads, W // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, h, L, hs)
+        if attn_mask is not None:
+            attn_mask = attn_mask.to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, L, hs)
+        return self.out_proj(y.transpose(1, 2).reshape(B, L, W))
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width, heads):
+        super().__init__()
+        self.attn = Attention(width, heads)
+        self.ln_1 = LayerNorm(width)
+        self.mlp = nn.Sequential(OrderedDict([
+            ("c_fc", nn.Linear(width, width * 4)),
+            ("gelu", QuickGELU()),
+            ("c_proj", nn.Linear(width * 4, width)),
+        ]))
+        self.ln_2 = LayerNorm(width)
+        self.tokencluster_inter = None  # token-clustering hook, set by VisionTransformer.set_block_hooks
+
+    def forward(self, x, attn_mask=None):
+        """x [rows, tokens, W] -> [rows', tokens', W]; the hook may change rows and tokens."""
+        if self.tokencluster_inter is not None:
+            x = self.tokencluster_inter(x)
+        x = x + self.attn(self.ln_1(x), attn_mask)
+        if self.tokencluster_inter is not None:
+            x = self.tokencluster_inter.post_attention(x)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width, layers, heads):
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
+
+    def forward(self, x, attn_mask=None):
+        for block in self.resblocks:
+            x = block(x, attn_mask)
+        return x
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, resolution, patch_size, width, layers, heads, output_dim):
+        super().__init__()
+        scale = width ** -0.5
+        self.patch_size = patch_size
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn((resolution // patch_size) ** 2 + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    def set_block_hooks(self, hooks):
+        """Install one token-clustering module (or None) per block, as `resblocks.N.tokencluster_inter`."""
+        if len(hooks) != len(self.transformer.resblocks):
+            raise ValueError(f"got {len(hooks)} block hooks for {len(self.transformer.resblocks)} blocks")
+        for block, hook in zip(self.transformer.resblocks, hooks):
+            block.tokencluster_inter = hook
+
+    def forward(self, x, return_tokens=False):
+        """Frames [B·T, 3, H, W] -> features [rows, D] of token 0 (a frame, or a segment after
+        clustering), and with `return_tokens` also every token after ln_post and proj [rows, n, D]."""
+        x = self.conv1(x.type(self.conv1.weight.dtype))  # (B·T, W, g, g)
+        x = x.flatten(2).transpose(1, 2)  # (B·T, g², W)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B·T, 1, W)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B·T, 1 + g², W)
+        x = self.transformer(self.ln_pre(x))  # (rows, 1 + n, W)
+        if return_tokens:
+            tokens = self.ln_post(x) @ self.proj  # (rows, 1 + n, D)
+            return tokens[:, 0], tokens
+        return self.ln_post(x[:, 0]) @ self.proj
+
+
+class CLIP(nn.Module):
+    """OpenAI CLIP (ViT): `visual` image tower and, at the top level, the text tower."""
+
+    def __init__(self, config: CLIPConfig):
+        super().__init__()
+        self.config = config
+        self.visual = VisionTransformer(config.image_resolution, config.vision_patch_size, config.vision_width,
+                                        config.vision_layers, config.vision_heads, config.embed_dim)
+        self.transformer = Transformer(config.transformer_width, config.transformer_layers,
+                                       config.transformer_heads)
+        self.token_embedding = nn.Embedding(config.vocab_size, config.transformer_width)
+        self.positional_embedding = nn.Parameter(torch.empty(config.context_length, config.transformer_width))
+        self.ln_final = LayerNorm(config.transformer_width)
+        self.text_projection = nn.Parameter(torch.empty(config.transformer_width, config.embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(0.0))
+
+    @property
+    def dtype(self):
+        return self.visual.conv1.weight.dtype
+
+    def encode_image(self, frames, return_tokens=False):
+        return self.visual(frames, return_tokens=return_tokens)
+
+    def encode_text(self, ids):
+        """ids [B, Lt] (Lt <= context length) -> features [B, D] at the end-of-text token (largest id)."""
+        B, L = ids.shape
+        if L > self.config.context_length:
+            raise ValueError(f"text of {L} tokens exceeds CLIP's context length {self.config.context_length}")
+        x = self.token_embedding(ids).type(self.dtype) + self.positional_embedding[:L].type(self.dtype)
+        causal = torch.full((L, L), float("-inf"), device=ids.device).triu(1)  # (L, L)
+        x = self.ln_final(self.transformer(x, causal))  # (B, L, W)
+        return x[torch.arange(B, device=ids.device), ids.argmax(dim=-1)] @ self.text_projection
+
+
+# Keys of OpenAI's TorchScript archives that are not weights.
+NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def build_clip(state_dict):
+    """Build an fp32 CLIP from an OpenAI-layout state dict (fp16 or fp32), loading it strictly."""
+    model = CLIP(config_from_state_dict(state_dict))
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+    return model
+
+
+# Official OpenAI URLs; the second-to-last path component is the file's SHA-256.
+CLIP_URLS = {
+    "ViT-B/32": "https://openaipublic.azureedge.net/clip/models/"
+                "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+    "ViT-B/16": "https://openaipublic.azureedge.net/clip/models/"
+                "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+    "ViT-L/14": "https://openaipublic.azureedge.net/clip/models/"
+                "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+    "ViT-L/14@336px": "https://openaipublic.azureedge.net/clip/models/"
+                      "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+}
+
+
+def clip_weights_path(name, pretrained_dir):
+    """`ViT-B/32` -> `<pretrained_dir>/ViT-B-32.pt` (the official file name)."""
+    filename = os.path.basename(CLIP_URLS[name]) if name in CLIP_URLS else name.replace("/", "-") + ".pt"
+    return os.path.join(os.path.expanduser(pretrained_dir), filename)
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_weights(url, target):
+    """Download `url` to `target` with a progress bar; the file only appears once its SHA-256 (the
+    URL's second-to-last component) has been verified."""
+    expected = url.split("/")[-2]
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    partial = target + ".part"
+    with urllib.request.urlopen(url) as source, open(partial, "wb") as out:
+        total = int(source.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="iB", unit_scale=True, desc=os.path.basename(target)) as bar:
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                out.write(chunk)
+                bar.update(len(chunk))
+    actual = sha256_of(partial)
+    if actual != expected:
+        os.remove(partial)
+        raise RuntimeError(f"SHA-256 of the file downloaded from {url} is {actual}, expected {expected}; "
+                           "nothing was written, try again")
+    os.replace(partial, target)
+    return target
+
+
+def read_clip_state_dict(path):
+    """OpenAI CLIP weights from a TorchScript archive or a plain state dict, without the
+    archive's non-weight entries (input_resolution, context_length, vocab_size)."""
+    try:
+        with warnings.catch_warnings():  # OpenAI ships TorchScript, which torch now calls deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+    except RuntimeError:  # not a TorchScript archive
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in state_dict.items() if k not in NON_WEIGHT_KEYS}
+
+
+def load_clip_state_dict(name, pretrained_dir, download=False):
+    """The state dict of CLIP `name` from `<pretrained_dir>`, downloading it first if asked."""
+    path = clip_weights_path(name, pretrained_dir)
+    if not os.path.isfile(path):
+        url = CLIP_URLS.get(name)
+        if download and url:
+            download_weights(url, path)
+        else:
+            hint = f"download it from {url} or pass --download_clip 1" if url else "no official URL is known"
+            raise FileNotFoundError(f"CLIP weights for --pretrained_clip_name {name} not found at {path} "
+                                    f"(--pretrained_dir {pretrained_dir}); {hint}")
+    return read_clip_state_dict(path)

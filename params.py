@@ -1,0 +1,253 @@
+"""Command line of CenterCLIP: every flag of the original, with its default, plus start-up checks.
+
+Flag names (misspellings such as `--cluser_embed_from_clip` included) are part of the interface:
+users' scripts pass them. `python params.py --help` lists them all.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+
+CLIP_MODELS = {  # name -> (number of vision blocks, tokens per frame without [CLS])
+    "ViT-B/32": (12, 49),
+    "ViT-B/16": (12, 196),
+    "ViT-L/14": (24, 256),
+    "ViT-L/14@336px": (24, 576),
+}
+DATATYPES = ("msrvtt", "msvd", "lsmdc", "activity", "didemo")
+CLUSTER_ALGOS = ("kmediods++", "pooling", "sparse_sampling", "spectral", "temporal_shift", "token_shift")
+SIM_HEADERS = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
+# Names of modules that are new relative to CLIP although they live under `clip.` (they train at `lr`).
+NEW_ADDED_MODULES = ("time_embedding", "frame_embedding", "deepcluster")
+
+
+def add_switch(parser, name, help):
+    parser.add_argument(name, action="store_true", default=False, help=help)
+
+
+def add_data_args(parser):
+    parser.add_argument("--data_dir", type=str, default="/cache/dataset", help="root of all datasets")
+    parser.add_argument("--lmdb_dataset", type=str, default=None, help="LMDB of the videos (key = file base name)")
+    parser.add_argument("--save_feature_path", type=str, default=None, help="unused; kept for old scripts")
+    parser.add_argument("--train_csv", type=str, default="data/.train.csv", help="MSR-VTT training split csv")
+    parser.add_argument("--val_csv", type=str, default="data/.val.csv", help="MSR-VTT test csv (JSFusion 1k-A)")
+    parser.add_argument("--data_path", type=str, default="data/caption.pickle", help="annotation file or folder")
+    parser.add_argument("--features_path", type=str, default="data/videos_feature.pickle", help="video folder")
+    parser.add_argument("--num_thread_reader", type=int, default=1, help="data-loader workers per process")
+    parser.add_argument("--datatype", type=str, default="msrvtt", help=f"dataset, one of {', '.join(DATATYPES)}")
+    parser.add_argument("--max_words", type=int, default=20, help="caption length in tokens, start/end included")
+    parser.add_argument("--max_frames", type=int, default=100, help="frames sampled per video (T)")
+    parser.add_argument("--feature_framerate", type=int, default=1, help="accepted; videos are pre-compressed")
+    parser.add_argument("--slice_framepos", type=int, default=0, choices=[0, 1, 2],
+                        help="accepted; frames are sampled uniformly (eval) or TSN-style (train)")
+    parser.add_argument("--train_frame_order", type=int, default=0, choices=[0, 1, 2],
+                        help="0 ordinary, 1 reverse, 2 random frame order in training")
+    parser.add_argument("--eval_frame_order", type=int, default=0, choices=[0, 1, 2],
+                        help="0 ordinary, 1 reverse, 2 random frame order in evaluation")
+    add_switch(parser, "--expand_msrvtt_sentences", "MSR-VTT: train on every (video, caption) pair")
+    parser.add_argument("--video_dim", type=int, default=1024, help="unused (CLIP4Clip legacy)")
+    parser.add_argument("--n_pair", type=int, default=1, help="unused (CLIP4Clip legacy)")
+
+
+def add_optim_args(parser):
+    parser.add_argument("--epochs", type=int, default=20, help="number of training epochs")
+    parser.add_argument("--batch_size", type=int, default=256, help="training batch size per process")
+    parser.add_argument("--batch_size_val", type=int, default=3500, help="evaluation batch size")
+    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate of new modules")
+    parser.add_argument("--lr_decay", type=float, default=0.9, help="unused (CLIP4Clip legacy)")
+    parser.add_argument("--coef_lr", type=float, default=1.0, help="CLIP parameters use lr * coef_lr")
+    parser.add_argument("--beta1", type=float, default=0.9, help="Adam beta 1")
+    parser.add_argument("--beta2", type=float, default=0.98, help="Adam beta 2")
+    parser.add_argument("--eps", type=float, default=1e-6, help="Adam epsilon")
+    parser.add_argument("--wd", type=float, default=0.2, help="weight decay")
+    parser.add_argument("--optim", type=str, default="BertAdam", choices=["BertAdam", "AdamW"], help="optimizer")
+    parser.add_argument("--warmup_proportion", type=float, default=0.1, help="share of steps with linear warm-up")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                        help="micro-steps per optimizer step; --batch_size is divided by it")
+    parser.add_argument("--clip_grad_norm", type=float, default=1.0, help="max global gradient norm")
+    parser.add_argument("--freeze_layer_num", type=int, default=0, help="freeze CLIP blocks below this; -1 none")
+    parser.add_argument("--freeze_clip", type=int, default=0, help="freeze the whole CLIP backbone")
+    parser.add_argument("--temperature_new", type=float, default=1.0, help="if > 1, overwrite logit_scale with it")
+    parser.add_argument("--precision", type=str, default="fp32", choices=["amp", "fp16", "fp32"],
+                        help="amp = autocast + grad scaler, fp16 = half weights, fp32")
+    parser.add_argument("--margin", type=float, default=0.1, help="unused (CLIP4Clip legacy)")
+    parser.add_argument("--hard_negative_rate", type=float, default=0.5, help="unused (CLIP4Clip legacy)")
+    parser.add_argument("--negative_weighting", type=int, default=1, help="unused (CLIP4Clip legacy)")
+    add_switch(parser, "--use_mil", "unused (CLIP4Clip legacy)")
+    add_switch(parser, "--sampled_use_mil", "unused (CLIP4Clip legacy)")
+
+
+def add_model_args(parser):
+    parser.add_argument("--pretrained_clip_name", type=str, default="ViT-B/32",
+                        help=f"CLIP weights, one of {', '.join(CLIP_MODELS)}")
+    parser.add_argument("--pretrained_dir", type=str, default=os.path.expanduser("~/models/pretrained"),
+                        help="folder holding ViT-B-32.pt etc.")
+    parser.add_argument("--download_clip", type=int, default=0,
+                        help="download missing CLIP weights into --pretrained_dir (SHA-256 checked)")
+    parser.add_argument("--sim_header", type=str, default="meanP", choices=SIM_HEADERS, help="similarity head")
+    parser.add_argument("--cross_num_hidden_layers", type=int, default=4, help="blocks of the seqTransf head")
+    parser.add_argument("--text_num_hidden_layers", type=int, default=12, help="unused (CLIP4Clip legacy)")
+    parser.add_argument("--visual_num_hidden_layers", type=int, default=12, help="unused (CLIP4Clip legacy)")
+    parser.add_argument("--cross_model", type=str, default="cross-base", help="unused (CLIP4Clip legacy)")
+    parser.add_argument("--linear_patch", type=str, default="2d", choices=["2d"],
+                        help="patch projection; only 2d is implemented in CenterCLIP")
+    add_switch(parser, "--loose_type", "loose similarity (meanP/seqLSTM/seqTransf); tightTransf unsets it")
+    add_switch(parser, "--do_lower_case", "unused; CLIP's tokenizer lower-cases")
+    parser.add_argument("--init_model", type=str, default=None, help="initialise the whole model from this file")
+    parser.add_argument("--camoe_dsl", type=int, default=0, help="DSL re-normalisation of similarities at eval")
+    parser.add_argument("--time_embedding", type=int, default=0, help="accepted; no effect (as the original)")
+
+
+def add_cluster_args(parser):
+    parser.add_argument("--cluster_algo", type=str, default="kmediods++", choices=CLUSTER_ALGOS,
+                        help="token clustering algorithm")
+    parser.add_argument("--cluster_inter", type=int, default=0, help="cluster tokens inside the image tower")
+    parser.add_argument("--cluster_num_blocks", type=int, nargs="+", default=None,
+                        help="tokens kept per segment, one value per vision block")
+    parser.add_argument("--target_frames_blocks", type=int, nargs="+", default=[12] * 12,
+                        help="segments per video, one value per vision block")
+    parser.add_argument("--cluster_embedding", type=int, default=0, help="learnable embedding of cluster slots")
+    parser.add_argument("--cluser_embed_from_clip", type=int, default=1,
+                        help="initialise the cluster embedding from CLIP's positional embedding")
+    parser.add_argument("--cluster_frame_embedding", type=int, default=0,
+                        help="create the (unused) frame embedding of the original, for its checkpoints")
+    parser.add_argument("--adaptive_cls", type=int, default=0, help="accepted; no effect (as the original)")
+    parser.add_argument("--aggregation", type=str, default=None, choices=["mean", "None"],
+                        help="None keeps medoid tokens, mean averages each cluster")
+    parser.add_argument("--cluster_iter_limit", type=int, default=100, help="k-medoids iteration limit")
+    parser.add_argument("--cluster_distance", type=str, default="euclidean", choices=["euclidean", "cosine"],
+                        help="clustering distance")
+    parser.add_argument("--cluster_threshold", type=float, default=1e-5, help="k-medoids stop threshold")
+    parser.add_argument("--minkowski_norm_p", type=float, default=2.0, help="p of the Minkowski distance")
+    parser.add_argument("--pre_norm", type=int, default=0, help="L2-normalise tokens before clustering")
+    parser.add_argument("--spectral_sigma", type=float, default=2.0, help="heat-kernel sigma")
+    parser.add_argument("--spectral_graph", type=str, default="HeatKernel", choices=["HeatKernel", "KNN"],
+                        help="spectral affinity graph")
+    parser.add_argument("--spectral_knn_k", type=int, default=1, help="KNN graph k; below 5 = automatic")
+    parser.add_argument("--spectral_spg", type=int, default=0, help="spatio-temporal mask on the graph")
+    parser.add_argument("--svd_correct_sign", type=int, default=1, help="Bro's SVD sign correction")
+    parser.add_argument("--deep_cluster", type=int, default=0, help="unpublished experiment; rejected")
+    parser.add_argument("--cluster_inter_dim", type=int, default=256, help="unused (deep_cluster only)")
+
+
+def add_run_args(parser):
+    parser.add_argument("--do_pretrain", action="store_true", default=False, help="unused (CLIP4Clip legacy)")
+    parser.add_argument("--do_train", type=int, default=1, help="train")
+    parser.add_argument("--do_eval", type=int, default=0, help="evaluate on the test split")
+    parser.add_argument("--inference_speed_test", type=int, default=0, help="time test-set encoding and stop")
+    parser.add_argument("--debug", action="store_true", default=False, help="log at DEBUG level")
+    parser.add_argument("--output_dir", type=str, required=True, help="logs, checkpoints, metrics go here")
+    parser.add_argument("--resume", type=str, default=None, help="checkpoint to resume from, or `latest`")
+    parser.add_argument("--load_from_pretrained", type=int, default=0,
+                        help="with --resume: load only the weights, not optimizer/epoch")
+    parser.add_argument("--n_display", type=int, default=100, help="log every n steps")
+    parser.add_argument("--seed", type=int, default=42, help="random seed (rank is added)")
+    parser.add_argument("--cache_dir", type=str, default="", help="unused (CLIP4Clip legacy)")
+    parser.add_argument("--task_type", type=str, default="retrieval", help="only `retrieval`")
+
+
+def add_distributed_args(parser):
+    parser.add_argument("--dist_backend", type=str, default="nccl", help="nccl on CUDA; gloo is used on CPU")
+    parser.add_argument("--world_size", type=int, default=1, help="set by torchrun")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help="set by the launcher")
+    parser.add_argument("--init_method", type=str, default="tcp://127.0.0.1:6101",
+                        help="unused; torchrun's env:// rendezvous is used")
+    parser.add_argument("--dp", action="store_true", default=False, help="unused; DDP only")
+    parser.add_argument("--multigpu", type=lambda s: [int(a) for a in s.split(",")], default=None, help="unused")
+    parser.add_argument("--gpu", type=int, default=None, help="unused; torchrun picks the device")
+    parser.add_argument("--n_gpu", type=int, default=1, help="set at start-up")
+    parser.add_argument("--use-bn-sync", action="store_true", default=False, help="unused (no batch norm)")
+    parser.add_argument("--remote", type=int, default=0, help="unused")
+    parser.add_argument("--data_loaded", type=int, default=0, help="unused")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="CenterCLIP: text-video retrieval with token clustering",
+                                     usage="%(prog)s --output_dir DIR [flags]  (--help lists every flag)")
+    for add in (add_run_args, add_data_args, add_optim_args, add_model_args, add_cluster_args,
+                add_distributed_args):
+        add(parser)
+    return parser
+
+
+def check_schedule(args):
+    """The clustering schedule: one entry per vision block, frames that divide block to block."""
+    num_blocks, _ = CLIP_MODELS[args.pretrained_clip_name]
+    if args.cluster_num_blocks is None:
+        raise ValueError("--cluster_inter 1 needs --cluster_num_blocks (tokens per segment for each of the "
+                         f"{num_blocks} blocks, e.g. --cluster_num_blocks {' '.join(['49'] * num_blocks)})")
+    for flag in ("cluster_num_blocks", "target_frames_blocks"):
+        values = getattr(args, flag)
+        if len(values) != num_blocks:
+            raise ValueError(f"--{flag} has {len(values)} values but {args.pretrained_clip_name} has "
+                             f"{num_blocks} blocks: give one value per block")
+        if min(values) < 1:
+            raise ValueError(f"--{flag} values must be positive, got {values}")
+    frames = [args.max_frames] + list(args.target_frames_blocks)
+    for i, (before, after) in enumerate(zip(frames[:-1], frames[1:]), start=1):
+        if after > before or before % after != 0:
+            raise ValueError(f"--target_frames_blocks: block {i} goes from {before} to {after} frames "
+                             f"(--max_frames {args.max_frames} before block 1); each value must divide the "
+                             "previous one exactly")
+
+
+def check_args(args):
+    """Raise ValueError naming the flag and the fix for every combination that cannot run."""
+    if args.task_type != "retrieval":
+        raise ValueError(f"--task_type {args.task_type}: only `retrieval` is implemented")
+    if not args.do_train and not args.do_eval:
+        raise ValueError("--do_train 0 and --do_eval 0: nothing to do; pass --do_train 1 or --do_eval 1")
+    if args.datatype not in DATATYPES:
+        raise ValueError(f"--datatype {args.datatype} is unknown; choose one of {', '.join(DATATYPES)}")
+    if args.pretrained_clip_name not in CLIP_MODELS:
+        raise ValueError(f"--pretrained_clip_name {args.pretrained_clip_name} is unknown; choose one of "
+                         f"{', '.join(CLIP_MODELS)}")
+    if args.deep_cluster:
+        raise ValueError("--deep_cluster 1 selects an unpublished experiment of the original that is not "
+                         "implemented; use --cluster_inter 1 with --cluster_algo instead")
+    if args.gradient_accumulation_steps < 1:
+        raise ValueError(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
+    if args.batch_size % args.gradient_accumulation_steps != 0:
+        raise ValueError(f"--batch_size {args.batch_size} is not divisible by --gradient_accumulation_steps "
+                         f"{args.gradient_accumulation_steps}")
+    if args.max_words < 2:
+        raise ValueError(f"--max_words {args.max_words}: needs room for the start and end tokens (>= 2)")
+    for flag in ("max_frames", "batch_size", "batch_size_val", "epochs"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.cluster_inter:
+        check_schedule(args)
+
+
+def get_args(argv=None):
+    """Parse `argv` (default: sys.argv[1:]), check it, and normalise the original's conventions.
+
+    A bad combination exits with status 2 and a message naming the flag (argparse's `error`).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.aggregation == "None":
+        args.aggregation = None
+    if args.sim_header == "tightTransf":
+        args.loose_type = False
+    # As the original: --batch_size is the batch of one optimizer step, split into micro-batches.
+    args.batch_size = args.batch_size // args.gradient_accumulation_steps
+    args.log_level = logging.DEBUG if args.debug else logging.INFO
+    args.new_added_modules = list(NEW_ADDED_MODULES)
+    return args
+
+
+def save_hparams(args, directory):
+    """Write every argument to `<directory>/hparams_train.json`."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "hparams_train.json"), "w") as f:
+        json.dump(vars(args), f, indent=4, sort_keys=True, default=str)
+
+
+if __name__ == "__main__":
+    print(json.dumps(vars(get_args(sys.argv[1:])), indent=2, sort_keys=True, default=str))

@@ -1,0 +1,174 @@
+import hashlib
+import http.server
+import os
+import threading
+from functools import partial
+
+import pytest
+import torch
+
+from modules.clip import build_clip, clip_weights_path, config_from_state_dict, download_weights, \
+    load_clip_state_dict
+from tests.tiny_clip import make_tiny_clip_state_dict, save_torchscript_archive
+
+
+def layer_norm(x, sd, prefix):
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + 1e-5) * sd[prefix + ".weight"] + sd[prefix + ".bias"]
+
+
+def reference_block(x, sd, prefix, heads, causal):
+    """Plain pre-norm block: softmax attention written out, QuickGELU MLP."""
+    B, L, W = x.shape
+    h = layer_norm(x, sd, prefix + "ln_1")
+    qkv = h @ sd[prefix + "attn.in_proj_weight"].T + sd[prefix + "attn.in_proj_bias"]
+    q, k, v = qkv.split(W, dim=-1)
+    split = lambda t: t.reshape(B, L, heads, W // heads).permute(0, 2, 1, 3)
+    q, k, v = split(q), split(k), split(v)
+    scores = q @ k.transpose(-1, -2) / (W // heads) ** 0.5
+    if causal:
+        scores = scores + torch.full((L, L), float("-inf")).triu(1)
+    attn = (scores.softmax(-1) @ v).permute(0, 2, 1, 3).reshape(B, L, W)
+    x = x + attn @ sd[prefix + "attn.out_proj.weight"].T + sd[prefix + "attn.out_proj.bias"]
+    h = layer_norm(x, sd, prefix + "ln_2") @ sd[prefix + "mlp.c_fc.weight"].T + sd[prefix + "mlp.c_fc.bias"]
+    h = h * torch.sigmoid(1.702 * h)
+    return x + h @ sd[prefix + "mlp.c_proj.weight"].T + sd[prefix + "mlp.c_proj.bias"]
+
+
+def reference_image(sd, frames, layers=12, heads=1):
+    conv = sd["visual.conv1.weight"]
+    W, _, P, _ = conv.shape
+    patches = frames.unfold(2, P, P).unfold(3, P, P)  # (N, 3, g, g, P, P)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(frames.shape[0], -1, 3 * P * P)
+    x = patches @ conv.reshape(W, -1).T
+    cls = sd["visual.class_embedding"].expand(x.shape[0], 1, W)
+    x = torch.cat([cls, x], 1) + sd["visual.positional_embedding"]
+    x = layer_norm(x, sd, "visual.ln_pre")
+    for i in range(layers):
+        x = reference_block(x, sd, f"visual.transformer.resblocks.{i}.", heads, causal=False)
+    return layer_norm(x[:, 0], sd, "visual.ln_post") @ sd["visual.proj"]
+
+
+def reference_text(sd, ids, layers=12, heads=1):
+    L = ids.shape[1]
+    x = sd["token_embedding.weight"][ids] + sd["positional_embedding"][:L]
+    for i in range(layers):
+        x = reference_block(x, sd, f"transformer.resblocks.{i}.", heads, causal=True)
+    x = layer_norm(x, sd, "ln_final")
+    return x[torch.arange(ids.shape[0]), ids.argmax(-1)] @ sd["text_projection"]
+
+
+def sample_inputs():
+    g = torch.Generator().manual_seed(1)
+    frames = torch.randn(3, 3, 224, 224, generator=g)
+    ids = torch.zeros(2, 20, dtype=torch.long)
+    ids[0, :6] = torch.tensor([49406, 320, 1125, 539, 2368, 49407])
+    ids[1, :3] = torch.tensor([49406, 2368, 49407])
+    return frames, ids
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("archive", [True, False])
+def test_tiny_clip_loads_and_matches_reference(tmp_path, dtype, archive):
+    sd = make_tiny_clip_state_dict(dtype=dtype)
+    path = tmp_path / "ViT-B-32.pt"
+    if archive:
+        save_torchscript_archive(sd, str(path))
+    else:
+        torch.save(sd, path)
+    loaded = load_clip_state_dict("ViT-B/32", str(tmp_path))
+    assert set(loaded) == set(sd)  # input_resolution & co. dropped
+    model = build_clip(loaded).eval()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    ref_sd = {k: v.float() for k, v in sd.items()}
+    frames, ids = sample_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(frames), reference_image(ref_sd, frames), atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.encode_text(ids), reference_text(ref_sd, ids), atol=1e-5, rtol=0)
+
+
+def test_config_inferred_from_state_dict():
+    sd = make_tiny_clip_state_dict(width=128, layers=3, patch=16, resolution=64, text_width=64, text_layers=2,
+                                   embed_dim=64, context=20, vocab=1000)
+    cfg = config_from_state_dict(sd)
+    assert (cfg.vision_width, cfg.vision_layers, cfg.vision_patch_size, cfg.image_resolution) == (128, 3, 16, 64)
+    assert (cfg.vision_heads, cfg.transformer_heads) == (2, 1)
+    assert (cfg.transformer_layers, cfg.context_length, cfg.vocab_size, cfg.embed_dim) == (2, 20, 1000, 64)
+    model = build_clip(sd).eval()
+    tokens_feature, tokens = model.encode_image(torch.randn(2, 3, 64, 64), return_tokens=True)
+    assert tokens.shape == (2, 17, 64) and torch.equal(tokens_feature, tokens[:, 0])
+
+
+def test_text_of_any_length_up_to_context(tmp_path):
+    model = build_clip(make_tiny_clip_state_dict()).eval()
+    ids = torch.tensor([[49406, 320, 49407] + [0] * 74])
+    short = model.encode_text(ids[:, :3])
+    full = model.encode_text(ids)
+    torch.testing.assert_close(short, full, atol=1e-5, rtol=0)  # causal mask: padding after EOT is invisible
+    with pytest.raises(ValueError, match="context length"):
+        model.encode_text(torch.zeros(1, 78, dtype=torch.long))
+
+
+def test_missing_weights_name_path_and_url(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_clip_state_dict("ViT-B/16", str(tmp_path))
+    message = str(err.value)
+    assert str(tmp_path / "ViT-B-16.pt") in message
+    assert "https://openaipublic.azureedge.net/clip/models/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt" in message
+    assert "--download_clip" in message
+
+
+def test_weights_path_uses_official_file_names():
+    assert clip_weights_path("ViT-B/32", "/m") == "/m/ViT-B-32.pt"
+    assert clip_weights_path("ViT-L/14@336px", "/m") == "/m/ViT-L-14-336px.pt"
+
+
+@pytest.fixture()
+def served_dir(tmp_path):
+    """An HTTP server on loopback serving `tmp_path/served`."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_verifies_sha256(tmp_path, served_dir):
+    root, base = served_dir
+    payload = tmp_path / "payload.pt"
+    torch.save(make_tiny_clip_state_dict(layers=1, text_layers=1), payload)
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    (root / digest).mkdir()
+    (root / digest / "ViT-B-32.pt").write_bytes(payload.read_bytes())
+    target = tmp_path / "models" / "ViT-B-32.pt"
+    download_weights(f"{base}/{digest}/ViT-B-32.pt", str(target))
+    assert target.read_bytes() == payload.read_bytes()
+    assert os.listdir(target.parent) == ["ViT-B-32.pt"]
+
+    wrong = "0" * 64
+    (root / wrong).mkdir()
+    (root / wrong / "ViT-B-16.pt").write_bytes(payload.read_bytes())
+    bad_target = tmp_path / "models" / "ViT-B-16.pt"
+    with pytest.raises(RuntimeError, match="SHA-256"):
+        download_weights(f"{base}/{wrong}/ViT-B-16.pt", str(bad_target))
+    assert not bad_target.exists() and os.listdir(target.parent) == ["ViT-B-32.pt"]  # nothing half-written
+
+
+def test_load_downloads_when_asked(tmp_path, served_dir, monkeypatch):
+    root, base = served_dir
+    payload = tmp_path / "payload.pt"
+    sd = make_tiny_clip_state_dict(layers=1, text_layers=1)
+    save_torchscript_archive(sd, str(payload))
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    (root / digest).mkdir()
+    (root / digest / "ViT-B-32.pt").write_bytes(payload.read_bytes())
+    monkeypatch.setitem(__import__("modules.clip").clip.CLIP_URLS, "ViT-B/32", f"{base}/{digest}/ViT-B-32.pt")
+    pretrained = tmp_path / "pretrained"
+    with pytest.raises(FileNotFoundError):
+        load_clip_state_dict("ViT-B/32", str(pretrained))
+    loaded = load_clip_state_dict("ViT-B/32", str(pretrained), download=True)
+    assert set(loaded) == set(sd) and torch.equal(loaded["visual.proj"], sd["visual.proj"])
