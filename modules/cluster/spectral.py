@@ -66,18 +66,23 @@ def graph_affinity(x: torch.Tensor, graph: str, knn_k: int, sigma: float,
     return affinity
 
 
-def spectral_embedding(affinity: torch.Tensor, k: int, correct_sign: bool) -> torch.Tensor:
-    """Rows of the k last left singular vectors of D^-1/2 (D - A) D^-1/2, normalised to unit length.
+def normalized_laplacian(affinity: torch.Tensor) -> torch.Tensor:
+    """D^-1/2 (D - A) D^-1/2 with D = diag(A.sum(-1)). affinity: (M, N, N), returns (M, N, N).
 
-    The original forms the Laplacian with two bmm's by diagonal matrices; every output entry of
-    those products has a single non-zero term, so scaling rows and columns gives the same bits
-    without the O(N³) products. affinity: (M, N, N). Returns (M, N, k).
+    The original multiplies by the diagonal matrices with two bmm's; every entry of those products
+    has a single non-zero term, so scaling rows then columns gives the same bits without O(N³) work.
     """
     degree = affinity.sum(dim=-1)  # (M, N)
     inv_sqrt = degree.pow(-0.5)
     laplacian = torch.diag_embed(degree) - affinity
-    laplacian = inv_sqrt.unsqueeze(2) * laplacian * inv_sqrt.unsqueeze(1)
-    u, s, vh = torch.linalg.svd(laplacian, full_matrices=False)
+    return inv_sqrt.unsqueeze(2) * laplacian * inv_sqrt.unsqueeze(1)
+
+
+def spectral_embedding(affinity: torch.Tensor, k: int, correct_sign: bool) -> torch.Tensor:
+    """Rows of the k last left singular vectors of the normalised Laplacian (the k smallest
+    singular values), normalised to unit length. affinity: (M, N, N). Returns (M, N, k).
+    """
+    u, s, vh = torch.linalg.svd(normalized_laplacian(affinity), full_matrices=False)
     if correct_sign:
         u = sign_corrected(u, s, vh)
     q = u[:, :, -k:]
