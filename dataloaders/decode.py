@@ -57,11 +57,11 @@ class PacketIndex:
 
         Requires the container's frame count to agree with the packet count (so
         ``stream.frames == 0`` always takes the sequential path), a pts on every packet,
-        distinct pts, and no packet flagged corrupt or to-be-discarded (edit lists).
+        distinct pts, and no packet flagged to be discarded (edit lists).
         """
         if header_frames <= 0 or len(packets) != header_frames:
             return False
-        if any(p.pts is None or p.is_corrupt or p.is_discard for p in packets):
+        if any(p.pts is None or p.is_discard for p in packets):
             return False
         return len({p.pts for p in packets}) == len(packets)
 
@@ -127,7 +127,13 @@ def _decode_packets(codec_context, packets):
 
 
 def _demux(container, stream):
-    return [p for p in container.demux(stream) if p.size > 0]
+    """The stream's non-empty packets in decode order; a truncated file is an error."""
+    packets = [p for p in container.demux(stream) if p.size > 0]
+    for position, packet in enumerate(packets):
+        if packet.is_corrupt:
+            # FFmpeg flags a packet whose bytes could not all be read (a cut-off file).
+            raise VideoDecodeError(f"packet {position} is incomplete: the file is truncated or damaged")
+    return packets
 
 
 def _frame_rate(stream):
