@@ -13,7 +13,6 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ from tqdm import tqdm
 import params
 from dataloaders import DATALOADERS, count_broken_videos
 from modules import distributed as du
+from modules.accumulation import accumulated_backward
 from modules.checkpoint import load_model_weights, model_state_from_checkpoint, read_checkpoint, save_checkpoint
 from modules.clip import convert_weights_to_fp16, load_clip_state_dict
 from modules.factory import create_model
@@ -172,7 +172,7 @@ def inference_speed_test(model, loader, device, args):
     return count / seconds
 
 
-def log_training(writer, args, model, loss, lr, data_time, batch_time, epoch, step, steps, global_step):
+def log_training(writer, model, loss, lr, data_time, batch_time, epoch, step, steps, global_step):
     scale = model.clip.logit_scale.exp().item()
     logger.info("epoch %d step %d/%d global %d: loss %.4f lr %.3g scale %.2f data %.3fs batch %.3fs",
                 epoch, step, steps, global_step, loss, lr, scale, data_time, batch_time)
@@ -184,34 +184,52 @@ def log_training(writer, args, model, loss, lr, data_time, batch_time, epoch, st
             writer.add_scalar(f"train/{name}", value, global_step)
 
 
+def micro_batch_groups(loader, size, device):
+    """Yield lists of `size` micro-batches (the last may be shorter), moved to `device`."""
+    group = []
+    for batch in loader:
+        group.append(move_batch(batch, device))
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def backward(model, micro_batches, autocast, scaler):
+    """Forward and backward of one optimizer step; returns the loss. Several micro-batches are
+    taken as one batch of their total size (modules/accumulation.py)."""
+    if len(micro_batches) > 1:
+        return accumulated_backward(model, micro_batches, autocast, scaler)
+    with autocast():
+        loss = model(*micro_batches[0])
+    if torch.isfinite(loss):
+        scaler.scale(loss).backward()
+    return loss.detach()
+
+
 def train_one_epoch(model, loader, optimizer, schedule, scaler, device, epoch, global_step, total_steps, args,
                     writer):
     """One pass over the training set; returns (global_step, mean loss, broken videos seen).
 
-    FIX: gradients are zeroed once per optimizer step, so every micro-batch of an accumulation
-    counts (the original zeroed them every micro-step and kept only the last one)."""
+    FIX: the original zeroed gradients every micro-step, so with --gradient_accumulation_steps > 1
+    only the last micro-batch counted; here the micro-batches of a step act as one batch."""
     model.train()
     plain = model.module if isinstance(model, DistributedDataParallel) else model
-    autocast, accumulation = autocast_context(args.precision, device), args.gradient_accumulation_steps
+    autocast = autocast_context(args.precision, device)
+    steps = math.ceil(len(loader) / args.gradient_accumulation_steps)
     losses, broken, end = [], 0, time.time()
-    optimizer.zero_grad(set_to_none=True)
-    for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch}", disable=not du.is_main_process())):
+    groups = micro_batch_groups(loader, args.gradient_accumulation_steps, device)
+    for step, micro_batches in enumerate(tqdm(groups, total=steps, desc=f"epoch {epoch}",
+                                              disable=not du.is_main_process())):
         data_time = time.time() - end
-        batch = move_batch(batch, device)
-        broken += count_broken_videos(batch[4])
-        update = (step + 1) % accumulation == 0 or step + 1 == len(loader)
-        with nullcontext() if update or not isinstance(model, DistributedDataParallel) else model.no_sync():
-            with autocast():
-                loss = model(*batch)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"loss is {loss.item()} at global step {global_step} (epoch {epoch}, "
-                                    f"micro-step {step}); stopping without writing a checkpoint")
-            scaler.scale(loss / accumulation).backward()
-        losses.append(loss.item())
-        if not update:
-            continue
+        broken += sum(count_broken_videos(batch[4]) for batch in micro_batches)
         lr = schedule.set_step(global_step) if schedule else args.lr * warmup_cosine(
             global_step / total_steps, args.warmup_proportion)
+        loss = backward(model, micro_batches, autocast, scaler)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"loss is {loss.item()} at global step {global_step} (epoch {epoch}, step {step}); "
+                                "stopping without writing a checkpoint")
         scaler.unscale_(optimizer)
         if args.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
@@ -220,9 +238,10 @@ def train_one_epoch(model, loader, optimizer, schedule, scaler, device, epoch, g
         optimizer.zero_grad(set_to_none=True)
         plain.clip.logit_scale.data.clamp_(*LOGIT_SCALE_RANGE)
         global_step += 1
+        losses.append(loss.item())
         if global_step % args.n_display == 0 and du.is_main_process():
-            log_training(writer, args, plain, loss.item(), lr, data_time, time.time() - end, epoch, step + 1,
-                         len(loader), global_step)
+            log_training(writer, plain, loss.item(), lr, data_time, time.time() - end, epoch, step + 1, steps,
+                         global_step)
         end = time.time()
     return global_step, float(np.mean(losses)), broken
 
@@ -257,6 +276,8 @@ def train(args, model, device, tokenizer, test_loader, checkpoint):
                                           find_unused_parameters=unused)
     writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard")) if du.is_main_process() else None
     for epoch in range(start_epoch, args.epochs):
+        # Seeded per epoch and rank, so a resumed run draws the same data order and frames.
+        seed_everything((args.seed + epoch) * args.world_size + args.rank)
         if sampler is not None:
             sampler.set_epoch(epoch)
         global_step, loss, broken = train_one_epoch(wrapped, train_loader, optimizer, schedule, scaler, device,

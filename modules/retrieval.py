@@ -151,13 +151,29 @@ class RetrievalModel(nn.Module):
                            torch.ones(Bt * Bv, f, dtype=torch.long, device=text.device)], dim=1)
         return self.similarity_dense(self.cross(features, types, mask)).view(Bt, Bv)
 
-    def forward(self, input_ids, input_mask, segment_ids, video, video_mask):
-        """One training step's loss: features of all ranks are gathered first (the local slice keeps
-        its gradient), so the contrastive batch is world size x batch size."""
-        text = all_gather_with_local_grad(self.encode_text(input_ids))
-        visual, mask = self.encode_video(video, video_mask)
-        visual, mask = all_gather_with_local_grad(visual), all_gather_with_local_grad(mask)
+    def contrastive_loss(self, text, visual, mask):
+        """Symmetric InfoNCE of local features; the features of all ranks are gathered first (the
+        local slice keeps its gradient), so the contrastive batch is world size x batch size."""
+        text, visual, mask = (all_gather_with_local_grad(t) for t in (text, visual, mask))
         return symmetric_infonce(self.similarity(text, visual, mask))
+
+    def head_parameters(self):
+        """Parameters used after the encoders: the similarity head and logit_scale."""
+        head = [p for name, p in self.named_parameters() if not name.startswith("clip.")]
+        return head + [self.clip.logit_scale]
+
+    def forward(self, input_ids, input_mask, segment_ids, video, video_mask, cached_grads=None):
+        """The training loss of a batch. With `cached_grads` (see modules/accumulation.py) it returns
+        instead a surrogate whose gradient is the cached one: sum(text * g_text) + sum(visual *
+        g_visual) (+ sum(p * g_p) over `head_parameters` when `cached_grads.heads` is given)."""
+        text = self.encode_text(input_ids)
+        visual, mask = self.encode_video(video, video_mask)
+        if cached_grads is None:
+            return self.contrastive_loss(text, visual, mask)
+        surrogate = (text * cached_grads.text).sum() + (visual * cached_grads.visual).sum()
+        for param, grad in zip(self.head_parameters(), cached_grads.heads or ()):
+            surrogate = surrogate + (param * grad).sum()
+        return surrogate
 
 
 def init_new_weights(module):
