@@ -285,3 +285,18 @@ def load_clip_state_dict(name, pretrained_dir, download=False):
             raise FileNotFoundError(f"CLIP weights for --pretrained_clip_name {name} not found at {path} "
                                     f"(--pretrained_dir {pretrained_dir}); {hint}")
     return read_clip_state_dict(path)
+
+
+def convert_weights_to_fp16(model):
+    """CLIP4Clip's `fp16` precision: linear, conv and attention weights and the projections in
+    half precision; LayerNorms and embedding tables stay fp32 (LayerNorm computes in fp32)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.half()
+        if isinstance(module, Attention):
+            module.in_proj_weight.data = module.in_proj_weight.data.half()
+            module.in_proj_bias.data = module.in_proj_bias.data.half()
+        for name in ("text_projection", "proj"):
+            param = getattr(module, name, None)
+            if isinstance(param, nn.Parameter):
+                param.data = param.data.half()

@@ -1,0 +1,74 @@
+"""Distances, KKZ initialisation and medoid assignment shared by k-medoids and spectral clustering.
+
+Conventions (SPEC §3): `dist[m, a, b]` is read with `a` the medoid or candidate (row) and `b` the
+other token; neither distance is exactly symmetric, so the orientation is part of the algorithm.
+All functions expect fp32 tensors and are called under `exact_fp32`.
+"""
+from contextlib import contextmanager
+
+import torch
+
+DISTANCES = ('euclidean', 'cosine')
+
+
+@contextmanager
+def exact_fp32(device_type: str):
+    """No gradient and no autocast: clustering decisions are made in fp32 on every device."""
+    with torch.no_grad(), torch.autocast(device_type=device_type, enabled=False):
+        yield
+
+
+def check_distance(distance: str, norm_p: float) -> None:
+    if distance not in DISTANCES:
+        raise ValueError(f"distance (--cluster_distance) must be one of {DISTANCES}, got {distance!r}")
+    if not norm_p > 0:
+        raise ValueError(f"norm_p (--minkowski_norm_p) must be positive, got {norm_p}")
+
+
+def pairwise_distances(x: torch.Tensor, distance: str = 'euclidean', norm_p: float = 2.0) -> torch.Tensor:
+    """Raw distances of the tokens of every sample.
+
+    x: (M, N, C) fp32. Returns (M, N, N): `cdist(x, x, p)` or `1 - cos` with x / (|x| + 1e-6).
+    """
+    if distance == 'euclidean':
+        return torch.cdist(x, x, p=norm_p)
+    x_hat = x / (x.norm(dim=-1, keepdim=True) + 1e-6)
+    return 1.0 - torch.bmm(x_hat, x_hat.transpose(1, 2))
+
+
+def shift_distances(dist: torch.Tensor) -> torch.Tensor:
+    """Make every distance <= -1 with one constant for the whole chunk, then 1 less on the diagonal.
+
+    The shift makes a non-member's score of 0 the worst in the medoid update, and the diagonal
+    offset makes each token its own nearest point. dist: (M, N, N); returns a new (M, N, N) tensor.
+    """
+    dist = dist - dist.max() - 1.0
+    dist.diagonal(dim1=1, dim2=2).sub_(1.0)
+    return dist
+
+
+def kkz_init(x: torch.Tensor, dist: torch.Tensor, k: int) -> torch.Tensor:
+    """KKZ seeds: the largest-norm token, then repeatedly the token farthest from its nearest seed.
+
+    Keeps a running minimum over the chosen seeds (one row of `dist` per step) instead of
+    re-reducing over all chosen seeds; the minimum is exact, so the seeds are the same.
+    x: (M, N, C), dist: (M, N, N) shifted. Returns (M, k) int64; ties go to the first index.
+    """
+    rows = torch.arange(x.shape[0], device=x.device)
+    medoids = torch.empty(x.shape[0], k, dtype=torch.long, device=x.device)
+    medoids[:, 0] = x.norm(dim=-1).argmax(dim=1)
+    nearest = dist[rows, medoids[:, 0]]  # (M, N): min over chosen seeds a of dist[a, b]
+    for i in range(1, k):
+        medoids[:, i] = nearest.argmax(dim=1)
+        nearest = torch.minimum(nearest, dist[rows, medoids[:, i]])
+    return medoids
+
+
+def assign_to_medoids(dist: torch.Tensor, medoids: torch.Tensor) -> torch.Tensor:
+    """Cluster of every token: the medoid a with the smallest dist[a, b], first on ties.
+
+    dist: (M, N, N), medoids: (M, K). Returns (M, N) int64 indices into the medoid list.
+    """
+    n = dist.shape[-1]
+    medoid_rows = dist.gather(1, medoids.unsqueeze(-1).expand(-1, -1, n))  # (M, K, N)
+    return medoid_rows.argmin(dim=1)

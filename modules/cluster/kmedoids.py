@@ -1,0 +1,82 @@
+"""Batched k-medoids with KKZ initialisation (SPEC §3), exact to the original and O(M·N²) in memory.
+
+The original scores candidate medoids with a masked `[M, K, N, N]` copy of the distances. Here each
+token's score is the sum of its distance row over its own cluster, one masked `[M, N, N]` reduction:
+the summed values sit in the same positions of a row of length N (members' distances, zeros
+elsewhere), so the sums, and with them the chosen medoids, are bitwise the same.
+"""
+import torch
+
+from .distance import (assign_to_medoids, check_distance, exact_fp32, kkz_init,
+                       pairwise_distances, shift_distances)
+
+
+def batch_kmedoids(x: torch.Tensor, k: int, distance: str = 'euclidean', norm_p: float = 2.0,
+                   pre_norm: bool = False, threshold: float = 1e-5, iter_limit: int = 100):
+    """Cluster the N tokens of each of M samples into k groups; the whole batch is one chunk.
+
+    x: (M, N, C), any float dtype (computed in fp32, no gradient, autocast off).
+    Returns (assignment (M, N) int64 in [0, k), medoids (M, k) int64 token indices, ascending);
+    assignment[m, b] = j means token b belongs to the cluster of medoids[m, j].
+    """
+    check_kmedoids_args(x, k, threshold, iter_limit)
+    check_distance(distance, norm_p)
+    with exact_fp32(x.device.type):
+        x = x.float()
+        if pre_norm:
+            x = x / (x.norm(dim=-1, keepdim=True) + 1e-6)
+        dist = shift_distances(pairwise_distances(x, distance, norm_p))
+        return kmedoids_on_distances(x, dist, k, threshold, iter_limit)
+
+
+def check_kmedoids_args(x: torch.Tensor, k: int, threshold: float, iter_limit: int) -> None:
+    if x.ndim != 3:
+        raise ValueError(f"x must be (M, N, C), got shape {tuple(x.shape)}")
+    if not 1 <= k <= x.shape[1]:
+        raise ValueError(f"k (--cluster_num_blocks) must be in [1, N={x.shape[1]}], got {k}")
+    if iter_limit < 0:
+        raise ValueError(f"iter_limit (--cluster_iter_limit) must be >= 0, got {iter_limit}")
+
+
+def kmedoids_on_distances(x: torch.Tensor, dist: torch.Tensor, k: int, threshold: float,
+                          iter_limit: int):
+    """The k-medoids iterations on already shifted distances.
+
+    x: (M, N, C) fp32, used for the seeds and the stop rule; dist: (M, N, N) from
+    `shift_distances`. Returns (assignment (M, N), medoids (M, k) ascending), int64.
+    """
+    medoids = kkz_init(x, dist, k)
+    for _ in range(iter_limit):
+        new_medoids = update_medoids(dist, assign_to_medoids(dist, medoids), k)
+        shift = medoid_shift(x, medoids, new_medoids)
+        medoids = new_medoids
+        if shift < threshold:
+            break
+    medoids = medoids.sort(dim=1).values
+    return assign_to_medoids(dist, medoids), medoids
+
+
+def update_medoids(dist: torch.Tensor, assignment: torch.Tensor, k: int) -> torch.Tensor:
+    """New medoid of each cluster: the member a with the smallest sum of dist[a, b] over members b.
+
+    dist: (M, N, N) shifted (all < 0), assignment: (M, N). Non-members score 0, the worst score, so
+    an empty cluster picks token 0, as in the original. Returns (M, k) int64, first index on ties.
+    """
+    same_cluster = assignment.unsqueeze(2) == assignment.unsqueeze(1)  # (M, N, N)
+    row_cost = torch.where(same_cluster, dist, 0.0).sum(dim=-1)  # (M, N)
+    clusters = torch.arange(k, device=dist.device).view(1, k, 1)
+    members = assignment.unsqueeze(1) == clusters  # (M, k, N)
+    return torch.where(members, row_cost.unsqueeze(1), 0.0).argmin(dim=-1)
+
+
+def medoid_shift(x: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Batch mean of sum_k |x[new_k] - x[old_k]|_2, the stop criterion, as an fp32 scalar tensor.
+
+    It stays a tensor so that the comparison with the threshold happens in fp32, as in the original.
+    x: (M, N, C); old, new: (M, k).
+    """
+    if torch.equal(old, new):
+        return x.new_zeros(())
+    c = x.shape[-1]
+    moved = x.gather(1, new.unsqueeze(-1).expand(-1, -1, c)) - x.gather(1, old.unsqueeze(-1).expand(-1, -1, c))
+    return moved.pow(2).sum(dim=-1).sqrt().sum(dim=-1).mean()
