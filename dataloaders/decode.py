@@ -165,7 +165,7 @@ def _to_rgb_stack(frames, indices):
     return np.stack([rgb[i] for i in indices.tolist()])
 
 
-def read_frames(source, num_segments, train, window=None, rng=None, thread_type="AUTO", seek=True):
+def read_frames(source, num_segments, train, window=None, rng=None, thread_type="SLICE", seek=True):
     """Sample T frames of the first video stream of ``source``.
 
     Args:
@@ -174,7 +174,11 @@ def read_frames(source, num_segments, train, window=None, rng=None, thread_type=
         train: TSN sampling when True, uniform sampling otherwise.
         window: optional (start_seconds, end_seconds).
         rng: ``np.random.RandomState`` or None for numpy's global RNG (training sampling).
-        thread_type: FFmpeg threading, e.g. "AUTO" (frame and slice threads) or "SLICE".
+        thread_type: FFmpeg threading: "SLICE" (PyAV's default; x264 files have one slice per
+            frame, so this decodes on one thread), "FRAME" or "AUTO" (frame threading). On
+            224-pixel frames frame threading measured slower (benchmarks/bench_decode.py):
+            its per-frame hand-offs cost more than such small frames take to decode, and the
+            pipeline is drained after every group of pictures.
         seek: decode only the needed groups of pictures when the packets allow it.
     Returns:
         (frames, num_frames): uint8 [T, H, W, 3] RGB frames at stored size, and the number of

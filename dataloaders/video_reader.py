@@ -83,11 +83,11 @@ class VideoReader:
         train: TSN sampling (training) or uniform sampling (evaluation).
         lmdb_path: read videos from this LMDB (key = the path's base name) instead of files.
         image_size: side of the square output frames.
-        thread_type: FFmpeg decoding threads ("AUTO" = frame + slice threading).
+        thread_type: FFmpeg decoding threads, see ``decode.read_frames``.
         seek: decode only the groups of pictures that hold sampled frames.
     """
 
-    def __init__(self, max_frames, train, lmdb_path=None, image_size=224, thread_type="AUTO",
+    def __init__(self, max_frames, train, lmdb_path=None, image_size=224, thread_type="SLICE",
                  seek=True):
         self.max_frames = max_frames
         self.train = train

@@ -67,7 +67,7 @@ def msrvtt_data(tmp_path_factory):
         writer = csv.writer(f)
         writer.writerow(["key", "vid_key", "video_id", "sentence"])
         writer.writerow(["ret0", "msr1", "video1", "a man, a dog and a ball"])
-        writer.writerow(["ret1", "msr3", "video3", "someone is cooking"])
+        writer.writerow(["ret1", "msr3", "video3", "a photo of a cat"])
         writer.writerow(["ret2", "msr9", "video9", "this video is missing"])
     return root
 
@@ -92,6 +92,12 @@ def test_msrvtt_train_one_random_caption_per_video(msrvtt_data, tmp_path, tokeni
     check_batch(batches[0], 2)
 
 
+def test_long_caption_is_truncated(tokenizer):
+    ids, mask, segments = tokenize_caption(tokenizer, "a photo of a cat " * 10, LW)
+    assert ids.tolist() == [49406] + [320, 1125, 539, 320, 2368] * 2 + [320, 1125, 539, 320, 49407]
+    assert mask.tolist() == [1] * LW and segments.tolist() == [0] * LW
+
+
 def test_msrvtt_train_expanded_every_pair(msrvtt_data, tmp_path, tokenizer):
     args = msrvtt_args(msrvtt_data, tmp_path, "--expand_msrvtt_sentences")
     loader, length, _ = DATALOADERS["msrvtt"]["train"](args, tokenizer)
@@ -111,8 +117,10 @@ def test_msrvtt_test_split(msrvtt_data, tmp_path, tokenizer):
     assert not loader.dataset.multi_sentence_per_video
     (batch,) = list(loader)
     check_batch(batch, 3)
-    ids, _, _, video, video_mask = batch
+    ids, mask, _, video, video_mask = batch
     assert torch.equal(ids[0, 0], torch.from_numpy(caption_ids(tokenizer, "a man, a dog and a ball")))
+    assert ids[1, 0].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407] + [0] * (LW - 7)
+    assert mask[1, 0].tolist() == [1] * 7 + [0] * (LW - 7)
     reference = vf.decode_all_frames(msrvtt_data / "videos" / "video1.mp4")  # 7 frames
     expected = frames_to_clip(np.stack([reference[i] for i in uniform_indices(7, T)]))
     assert torch.equal(video[0, 0], expected) and video_mask[0, 0].tolist() == [1] * T

@@ -102,7 +102,7 @@ def test_count_broken_videos():
 
 
 class Clips(Dataset):
-    """Every file of the folder (broken ones included), `repeat` times."""
+    """Clips of the given paths, read by the given reader."""
 
     def __init__(self, paths, reader):
         self.paths, self.reader = paths, reader
