@@ -47,8 +47,10 @@ class RetrievalDataset(Dataset):
         self.reader = reader
         self.max_words = max_words
         self.multi_sentence_per_video = cut_off_points is not None
+        self.decoded_items = None
         if self.multi_sentence_per_video:
             self.cut_off_points = list(cut_off_points)
+            self.decoded_items = set(self.cut_off_points)
             self.sentence_num = len(pairs)
             self.video_num = len(self.cut_off_points)
 
@@ -66,7 +68,10 @@ class RetrievalDataset(Dataset):
     def __getitem__(self, index):
         pair = self.pairs[index]
         ids, mask, segments = tokenize_caption(self.tokenizer, self.caption(index), self.max_words)
-        video, video_mask = self.reader(pair.video_path, pair.window)
+        if self.decoded_items is None or index in self.decoded_items:
+            video, video_mask = self.reader(pair.video_path, pair.window)
+        else:
+            video, video_mask = self.reader.blank()
         return ids[None], mask[None], segments[None], video, video_mask
 
 

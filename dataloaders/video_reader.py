@@ -108,8 +108,7 @@ class VideoReader:
             video_mask: int64 array [1, T], 1 on the first ``min(num_frames, T)`` entries,
                 all 0 for a broken video.
         """
-        video = torch.zeros(1, self.max_frames, 3, self.image_size, self.image_size)
-        mask = np.zeros((1, self.max_frames), dtype=np.int64)
+        video, mask = self.blank()
         try:
             frames, num_frames = read_frames(self._source(path), self.max_frames, self.train,
                                              window=window, thread_type=self.thread_type,
@@ -120,6 +119,11 @@ class VideoReader:
         video[0] = frames_to_clip(frames, self.image_size)
         mask[0, :valid_length(num_frames, self.max_frames)] = 1
         return video, mask
+
+    def blank(self):
+        """A blank clip: zeros [1, T, 3, S, S] and an all-zero mask [1, T]."""
+        video = torch.zeros(1, self.max_frames, 3, self.image_size, self.image_size)
+        return video, np.zeros((1, self.max_frames), dtype=np.int64)
 
     def _source(self, path):
         if self.lmdb is None:
