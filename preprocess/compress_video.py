@@ -1,0 +1,307 @@
+"""Re-encode videos for training: a lower frame rate, a 224-pixel shorter side, H.264 in MP4.
+
+    python preprocess/compress_video.py --input_root RAW --output_root VIDEOS [--fps 3 --size 224]
+
+Sub-folders of ``--input_root`` are mirrored under ``--output_root``. Everything runs through
+PyAV (its wheels carry FFmpeg and libx264), so no ``ffmpeg`` binary is needed. Only the first
+video stream is kept; audio and subtitles are dropped.
+
+Frame-rate conversion picks frames by timestamp, with the rule of FFmpeg's fps filter and its
+default rounding ("near"): every input frame's time t, counted from the first frame, is
+rounded to the nearest output slot, floor(t * fps + 1/2); output frame k is the last input
+frame rounded to a slot <= k, i.e. the last one with t * fps < k + 1/2 (a frame exactly half
+way goes to the later slot). There are round(duration * fps) output frames (at least one),
+the duration ending one input frame period after the last frame: a 10 s clip gives 30 frames
+at 3 fps whatever its input rate, and a slower input repeats frames. Times are exact
+fractions of the container's time base, so no floating-point rounding enters.
+
+An output is written under a temporary name and renamed when complete, so an interrupted run
+never leaves a file that looks finished; existing outputs are skipped on the next run. A bad
+input does not stop the run: failures are listed at the end and written to a file.
+"""
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass
+from fractions import Fraction
+from multiprocessing import Pool
+
+import av
+from tqdm import tqdm
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".3gp", ".mpg", ".mpeg", ".m4v",
+                    ".flv", ".wmv", ".ogv", ".ts")
+NAMINGS = ("replace", "append", "keep")
+PARTIAL_SUFFIX = ".part"  # an output still being written; never counted as done
+
+
+class InputError(ValueError):
+    """An input that cannot give a video: no video stream, no frames, truncated data."""
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How every output is encoded (see ``build_parser`` for each field's meaning)."""
+    fps: Fraction = Fraction(3)
+    size: int = 224
+    keyint: int = 6
+    crf: int = 23
+    preset: str = "medium"
+    threads: int = 1
+
+
+def check_options(options):
+    """Raise ValueError naming the flag when ``options`` cannot be encoded."""
+    if options.size < 2 or options.size % 2:
+        raise ValueError(f"--size must be even and >= 2 for yuv420p, got {options.size}")
+    if options.keyint < 1:
+        raise ValueError(f"--keyint must be >= 1, got {options.keyint}")
+
+
+def output_size(width, height, size):
+    """(width, height) with the shorter side ``size`` and the aspect ratio kept.
+
+    The longer side is scaled by the same factor and truncated to an even number (yuv420p
+    needs even sizes), as the original's FFmpeg filter does for landscape videos. (Its
+    expression for portrait videos multiplies by the aspect ratio instead of dividing, which
+    squashes them; here both orientations keep their shape.)
+    """
+    if width <= height:
+        return size, max(2, int(Fraction(height * size, width)) // 2 * 2)
+    return max(2, int(Fraction(width * size, height)) // 2 * 2), size
+
+
+def output_name(name, naming):
+    """Output file name: ``replace`` the extension by .mp4 (MSR-VTT and MSVD find videos by
+    stem), ``append`` .mp4 (x.3gp -> x.3gp.mp4, as DiDeMo's loader expects) or ``keep`` the
+    name (an MP4 inside; FFmpeg probes the content, not the extension)."""
+    if naming == "keep":
+        return name
+    if naming == "append":
+        return name + ".mp4"
+    return os.path.splitext(name)[0] + ".mp4"
+
+
+def plan_jobs(input_root, output_root, naming="replace", extensions=VIDEO_EXTENSIONS):
+    """(input, output) pairs for every video under ``input_root`` (walked, sorted).
+
+    Args:
+        extensions: lower-case suffixes to take, or None for every file.
+    Raises:
+        ValueError: two inputs would be written to the same output (e.g. x.avi and x.mkv).
+    """
+    jobs, sources = [], {}
+    for root, dirs, files in os.walk(input_root):
+        dirs.sort()
+        for name in sorted(files):
+            if extensions is not None and not name.lower().endswith(tuple(extensions)):
+                continue
+            source = os.path.join(root, name)
+            target = os.path.join(output_root, os.path.relpath(root, input_root), output_name(name, naming))
+            target = os.path.normpath(target)
+            if target in sources:
+                raise ValueError(f"{sources[target]} and {source} would both be written to {target}; "
+                                 f"use --naming append or rename one of them")
+            sources[target] = source
+            jobs.append((source, target))
+    return jobs
+
+
+def frame_time(frame, index, rate):
+    """Presentation time of a decoded frame in seconds (a Fraction); frame index / rate when
+    the frame carries no timestamp."""
+    if frame.pts is None or frame.time_base is None:
+        return Fraction(index) / rate
+    return frame.pts * Fraction(frame.time_base)
+
+
+def decoded_frames(container, stream):
+    """Decoded frames of ``stream`` in presentation order; a cut-off packet is an error."""
+    for position, packet in enumerate(container.demux(stream)):
+        if packet.is_corrupt:
+            raise InputError(f"packet {position} is incomplete: the input is truncated or damaged")
+        yield from packet.decode()
+
+
+def resampled(frames, input_rate, fps):
+    """Yield the input frame chosen for output frames 0, 1, 2, ... (module docstring's rule).
+
+    Args:
+        frames: decoded frames in presentation order.
+        input_rate: the input's frame rate (Fraction), for frames without timestamps and
+            for the display time of the last frame.
+        fps: output frame rate (Fraction).
+    """
+    half = Fraction(1, 2)
+    start = current = current_time = None
+    k = 0
+    for index, frame in enumerate(frames):
+        time = frame_time(frame, index, input_rate)
+        if start is None:
+            start = time
+        # This frame rounds to output slot floor(position + 1/2): the slots before that are
+        # the previous frame's (the last frame rounding to a slot wins it).
+        position = (time - start) * fps
+        while current is not None and k + half <= position:
+            yield current
+            k += 1
+        current, current_time = frame, time
+    if current is None:
+        return
+    # The last frame stays on screen for one input period; the end rounds like the timestamps.
+    total = max(1, math.floor((current_time + 1 / input_rate - start) * fps + half))
+    while k < total:
+        yield current
+        k += 1
+
+
+def compress_file(source, target, options=EncodeOptions()):
+    """Re-encode ``source`` into ``target`` (written as ``target + .part``, then renamed).
+
+    Returns:
+        number of frames written.
+    Raises:
+        av.FFmpegError, OSError, InputError: the input cannot be read (no partial output is left).
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    partial = target + PARTIAL_SUFFIX
+    try:
+        count = _encode(source, partial, options)
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return count
+
+
+def _encode(source, partial, options):
+    with av.open(source) as container:
+        if not container.streams.video:
+            raise InputError("no video stream")
+        stream = container.streams.video[0]
+        if not stream.codec_context.width or not stream.codec_context.height:
+            raise InputError("the video stream has no frame size")
+        input_rate = Fraction(stream.average_rate or stream.guessed_rate or options.fps)
+        width, height = output_size(stream.codec_context.width, stream.codec_context.height, options.size)
+        with av.open(partial, "w", format="mp4") as output:
+            encoder = output.add_stream("libx264", rate=options.fps)
+            encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+            # The data loaders decode only the groups of pictures holding sampled frames, so the
+            # keyframe interval bounds the decoding work per sampled frame.
+            encoder.codec_context.gop_size = options.keyint
+            encoder.codec_context.options = {"preset": options.preset, "crf": str(options.crf),
+                                             "threads": str(options.threads)}
+            count = 0
+            for count, frame in enumerate(resampled(decoded_frames(container, stream), input_rate,
+                                                    options.fps), start=1):
+                image = frame.reformat(width=width, height=height, format="yuv420p", interpolation="BICUBIC")
+                image.pts, image.time_base = count - 1, 1 / options.fps
+                output.mux(encoder.encode(image))
+            if count == 0:
+                raise InputError("the input has no decodable video frames")
+            output.mux(encoder.encode())
+    return count
+
+
+def _run_job(job):
+    """Pool worker: (source, target, options) -> (source, target, frames or None, error or None)."""
+    source, target, options = job
+    try:
+        return source, target, compress_file(source, target, options), None
+    except Exception as error:  # one bad input must not stop the others; it is listed instead
+        return source, target, None, f"{type(error).__name__}: {error}"
+
+
+def compress_folder(input_root, output_root, options=EncodeOptions(), workers=1, naming="replace",
+                    extensions=VIDEO_EXTENSIONS, overwrite=False, failures_path=None, progress=True):
+    """Compress every video under ``input_root``, skipping finished outputs.
+
+    Returns:
+        dict with ``done`` (outputs written now), ``skipped`` (already finished) and ``failed``
+        (list of (input, error)); the failures are also written to ``failures_path``, one
+        ``input<TAB>error`` per line (an empty file when nothing failed).
+    """
+    if os.path.realpath(input_root) == os.path.realpath(output_root):
+        raise ValueError("--output_root must differ from --input_root (outputs would replace inputs)")
+    if not os.path.isdir(input_root):
+        raise FileNotFoundError(f"--input_root {input_root} is not a directory")
+    jobs = plan_jobs(input_root, output_root, naming, extensions)
+    todo = [(s, t, options) for s, t in jobs if overwrite or not os.path.exists(t)]
+    done, failed = [], []
+    with Pool(max(1, workers)) as pool:
+        results = pool.imap_unordered(_run_job, todo)
+        for source, target, _, error in tqdm(results, total=len(todo), desc="compress", unit="video",
+                                             disable=not progress):
+            if error:
+                failed.append((source, error))
+            else:
+                done.append(target)
+    failed.sort()
+    if failures_path:
+        write_failures(failed, failures_path)
+    return {"done": sorted(done), "skipped": len(jobs) - len(todo), "failed": failed}
+
+
+def write_failures(failed, path):
+    """One ``input<TAB>error`` line per failure, written atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + PARTIAL_SUFFIX, "w") as f:
+        f.writelines(f"{source}\t{error}\n" for source, error in failed)
+    os.replace(path + PARTIAL_SUFFIX, path)
+
+
+def positive_fraction(text):
+    value = Fraction(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--input_root", required=True, help="folder of source videos (walked recursively)")
+    parser.add_argument("--output_root", required=True, help="folder for the outputs (mirrors input_root)")
+    parser.add_argument("--fps", type=positive_fraction, default=Fraction(3),
+                        help="output frame rate; frames are picked by timestamp (e.g. 3, 2.5, 30000/1001)")
+    parser.add_argument("--size", type=int, default=224, help="shorter side in pixels (even); aspect kept")
+    parser.add_argument("--keyint", type=int, default=None,
+                        help="frames between keyframes (default: 2 s worth, 6 at 3 fps). Training decodes "
+                             "from the keyframe before each sampled frame, so a short interval makes "
+                             "sparse decoding fast on long videos; a long one (libx264's default is 250) "
+                             "gives files a few percent smaller but decodes almost every frame")
+    parser.add_argument("--crf", type=int, default=23, help="libx264 constant rate factor (lower = better, larger)")
+    parser.add_argument("--preset", default="medium", help="libx264 preset (ultrafast ... veryslow)")
+    parser.add_argument("--threads", type=int, default=1, help="libx264 threads per worker (0 = automatic)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel encoding processes")
+    parser.add_argument("--naming", choices=NAMINGS, default="replace",
+                        help="output names: replace the extension by .mp4, append .mp4, or keep the name")
+    parser.add_argument("--all_files", action="store_true",
+                        help=f"take every file, not only the extensions {' '.join(VIDEO_EXTENSIONS)}")
+    parser.add_argument("--overwrite", action="store_true", help="re-encode outputs that already exist")
+    parser.add_argument("--failures", default=None,
+                        help="file listing failed inputs (default: <output_root>/compress_failures.txt)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    keyint = args.keyint if args.keyint is not None else max(1, round(2 * args.fps))
+    options = EncodeOptions(args.fps, args.size, keyint, args.crf, args.preset, args.threads)
+    failures = args.failures or os.path.join(args.output_root, "compress_failures.txt")
+    try:
+        check_options(options)
+        result = compress_folder(args.input_root, args.output_root, options, args.workers, args.naming,
+                                 None if args.all_files else VIDEO_EXTENSIONS, args.overwrite, failures)
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"compress_video: {error}")
+    print(f"compressed {len(result['done'])}, skipped {result['skipped']} finished, "
+          f"failed {len(result['failed'])} (listed in {failures})")
+    for source, error in result["failed"]:
+        print(f"  FAILED {source}: {error}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main()["failed"] else 0)

@@ -1,0 +1,179 @@
+"""preprocess/compress_video.py on real H.264 files: sizes, frame choice by timestamp,
+keyframes, folder mirroring, skipping finished outputs, leftovers of interrupted runs, failures."""
+import os
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from preprocess.compress_video import (EncodeOptions, compress_file, compress_folder, main, output_name,
+                                       output_size, resampled)
+from tests.video_factory import write_corrupt_file, write_empty_file, write_truncated_video, write_video
+
+
+def grey_frames(levels, width=64, height=48):
+    """Uniform frames whose grey level identifies the input frame after lossy coding."""
+    return np.stack([np.full((height, width, 3), level, np.uint8) for level in levels])
+
+
+def frame_levels(path):
+    """Mean grey level of every frame."""
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        return [float(f.to_ndarray(format="rgb24").mean()) for f in container.decode(stream)]
+
+
+def stream_facts(path):
+    """Frame count, rate, size, codec and the keyframe flag of every frame in display order."""
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        keyframes = [p.is_keyframe for p in sorted((p for p in container.demux(stream) if p.size),
+                                                    key=lambda p: p.pts)]
+        ctx = stream.codec_context
+        return {"frames": stream.frames, "rate": stream.average_rate, "size": (ctx.width, ctx.height),
+                "codec": ctx.name, "pix_fmt": ctx.pix_fmt, "keyframes": keyframes}
+
+
+@pytest.mark.parametrize("width,height,expected", [
+    (320, 240, (298, 224)),  # 320 * 224 / 240 = 298.67 -> truncated to even
+    (240, 320, (224, 298)),  # portrait keeps its shape
+    (1920, 1080, (398, 224)),
+    (224, 224, (224, 224)),
+    (100, 50, (448, 224)),  # small videos are scaled up: the shorter side is always --size
+])
+def test_output_size(width, height, expected):
+    assert output_size(width, height, 224) == expected
+
+
+def test_output_names():
+    assert output_name("clip.avi", "replace") == "clip.mp4"
+    assert output_name("x.3gp", "append") == "x.3gp.mp4"
+    assert output_name("movie.avi", "keep") == "movie.avi"
+
+
+class FakeFrame:
+    def __init__(self, pts, time_base=Fraction(1, 10)):
+        self.pts, self.time_base = pts, time_base
+
+
+def test_resampling_rounds_timestamps_to_the_nearest_slot():
+    # Frames at 0.0, 0.1, 0.2, 0.5, 1.2 s (time base 1/10); output at 3 fps: t * 3 = 0, .3, .6, 1.5, 3.6.
+    frames = [FakeFrame(p) for p in (0, 1, 2, 5, 12)]
+    chosen = [f.pts for f in resampled(frames, Fraction(10), Fraction(3))]
+    # Slot k takes the last frame with t * 3 < k + 1/2; 1.5 goes to slot 2; the end 1.3 s gives
+    # round(3.9) = 4 slots.
+    assert chosen == [1, 2, 5, 5]
+    # On the output grid every frame keeps its slot.
+    thirds = [FakeFrame(p, Fraction(1, 3)) for p in range(3)]
+    assert [f.pts for f in resampled(thirds, Fraction(3), Fraction(3))] == [0, 1, 2]
+    # A later start time is the origin; a slower input repeats frames (2 s -> 6 slots).
+    late = [FakeFrame(p, Fraction(1, 1)) for p in (5, 6)]
+    assert [f.pts for f in resampled(late, Fraction(1), Fraction(3))] == [5, 5, 5, 6, 6, 6]
+    # 1.4 s at 25 fps -> round(4.2) = 4 output frames; a single frame gives one.
+    assert len(list(resampled([FakeFrame(p, Fraction(1, 25)) for p in range(35)], Fraction(25), Fraction(3)))) == 4
+    assert len(list(resampled([FakeFrame(0)], Fraction(30), Fraction(3)))) == 1
+    assert list(resampled([], Fraction(30), Fraction(3))) == []
+
+
+def test_compress_file_rate_size_keyframes_and_frame_choice(tmp_path):
+    # 45 frames at 15 fps = 3 s; frame i has grey level 20 + 4 i.
+    levels = [20 + 4 * i for i in range(45)]
+    source = write_video(str(tmp_path / "in.mkv"), frames=grey_frames(levels, 320, 240), fps=15)
+    target = str(tmp_path / "out" / "in.mp4")
+    count = compress_file(source, target, EncodeOptions(fps=Fraction(3), size=224, keyint=3, crf=0))
+    facts = stream_facts(target)
+    assert count == 9 and facts["frames"] == 9
+    assert facts["rate"] == 3 and facts["size"] == (298, 224)
+    assert (facts["codec"], facts["pix_fmt"]) == ("h264", "yuv420p")
+    # libx264 may place a keyframe early (scene cuts), never later than --keyint frames apart.
+    keyframes = [i for i, key in enumerate(facts["keyframes"]) if key]
+    assert keyframes[0] == 0 and max(np.diff(keyframes + [9])) <= 3
+    # Input frame i rounds to slot floor(i / 5 + 1/2): output frame k is input frame 5 k + 2.
+    # (Input frames are 4 grey levels apart; compare with the decoded input.)
+    decoded = frame_levels(source)
+    assert np.allclose(frame_levels(target), [decoded[5 * k + 2] for k in range(9)], atol=1.0)
+    assert not os.path.exists(target + ".part")
+
+
+def test_variable_frame_rate_input(tmp_path):
+    # Timestamps in tenths of a second with gaps: 0.0 0.1 0.2 0.5 0.6 1.2 1.3 2.0.
+    pts = [0, 1, 2, 5, 6, 12, 13, 20]
+    levels = [30 + 25 * i for i in range(len(pts))]
+    source = write_video(str(tmp_path / "vfr.mp4"), frames=grey_frames(levels), fps=10, frame_pts=pts)
+    with av.open(source) as container:
+        rate = Fraction(container.streams.video[0].average_rate)
+    target = str(tmp_path / "vfr_out.mp4")
+    compress_file(source, target, EncodeOptions(fps=Fraction(3), size=48, keyint=6, crf=0))
+    times = [Fraction(p, 10) for p in pts]
+    slots = int((times[-1] + 1 / rate) * 3 + Fraction(1, 2))
+    expected = [max(i for i, t in enumerate(times) if t * 3 < k + Fraction(1, 2)) for k in range(slots)]
+    assert expected[:7] == [1, 2, 4, 4, 6, 6, 7]  # t * 3 = 0 .3 .6 1.5 1.8 3.6 3.9 6
+    decoded = frame_levels(source)
+    assert np.allclose(frame_levels(target), [decoded[i] for i in expected], atol=1.0)
+
+
+def test_folder_mirrors_skips_and_lists_failures(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    (raw / "movie_a").mkdir(parents=True)
+    (raw / "movie_b" / "deep").mkdir(parents=True)
+    write_video(str(raw / "movie_a" / "c1.avi"), num_frames=12, width=160, height=120, fps=6)
+    write_video(str(raw / "movie_b" / "deep" / "c2.mp4"), num_frames=9, width=120, height=160, fps=3)
+    write_video(str(raw / "movie_b" / "done.mp4"), num_frames=6, width=120, height=160, fps=3)
+    write_video(str(raw / "movie_b" / "stale.mp4"), num_frames=6, width=120, height=160, fps=3)
+    write_corrupt_file(str(raw / "movie_a" / "bad.mp4"))
+    write_empty_file(str(raw / "movie_a" / "empty.mp4"))
+    write_truncated_video(str(raw / "cut.mp4"), num_frames=30, width=160, height=120)
+    (raw / "notes.txt").write_text("not a video")
+    # A finished output from an earlier run (kept as it is) and a half-written one (redone).
+    (out / "movie_b").mkdir(parents=True)
+    (out / "movie_b" / "done.mp4").write_bytes(b"finished earlier")
+    (out / "movie_b" / "stale.mp4.part").write_bytes(b"interrupted")
+    failures = tmp_path / "failed.txt"
+
+    result = compress_folder(str(raw), str(out), EncodeOptions(size=64), workers=2, failures_path=str(failures),
+                             progress=False)
+
+    assert result["skipped"] == 1
+    assert result["done"] == sorted(str(out / p) for p in ("movie_a/c1.mp4", "movie_b/deep/c2.mp4",
+                                                            "movie_b/stale.mp4"))
+    assert (out / "movie_b" / "done.mp4").read_bytes() == b"finished earlier"
+    assert not (out / "movie_b" / "stale.mp4.part").exists()
+    assert stream_facts(str(out / "movie_a" / "c1.mp4"))["frames"] == 6  # 2 s at 3 fps
+    assert stream_facts(str(out / "movie_b" / "deep" / "c2.mp4"))["size"] == (64, 84)
+    failed = {os.path.relpath(path, raw) for path, _ in result["failed"]}
+    assert failed == {"movie_a/bad.mp4", "movie_a/empty.mp4", "cut.mp4"}
+    assert dict(result["failed"])[str(raw / "cut.mp4")].startswith("InputError: packet")
+    lines = failures.read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in lines) == sorted(path for path, _ in result["failed"])
+    assert not any(name.endswith(".part") for _, _, names in os.walk(out) for name in names)
+    assert not (out / "notes.mp4").exists() and not (out / "movie_a" / "bad.mp4").exists()
+
+
+def test_cli_rerun_and_errors(tmp_path, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    write_video(str(raw / "v.webm.mkv"), num_frames=6, width=96, height=64, fps=3)
+    write_video(str(raw / "x.3gp"), num_frames=6, width=96, height=64, fps=3, container_format="mp4")
+    argv = ["--input_root", str(raw), "--output_root", str(out), "--workers", "1", "--naming", "append",
+            "--size", "32"]
+    first = main(argv)
+    assert sorted(os.listdir(out)) == ["compress_failures.txt", "v.webm.mkv.mp4", "x.3gp.mp4"]
+    assert first["failed"] == [] and (out / "compress_failures.txt").read_text() == ""
+    assert main(argv)["skipped"] == 2
+    assert "skipped 2 finished" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--size must be even"):
+        main(argv + ["--size", "223"])
+    with pytest.raises(SystemExit, match="--output_root must differ"):
+        main(["--input_root", str(raw), "--output_root", str(raw)])
+    with pytest.raises(SystemExit, match="not a directory"):
+        main(["--input_root", str(tmp_path / "missing"), "--output_root", str(out)])
+
+
+def test_name_collision_is_refused(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("a.avi", "a.mkv"):
+        write_video(str(raw / name), num_frames=3, width=32, height=32)
+    with pytest.raises(ValueError, match="--naming append"):
+        compress_folder(str(raw), str(tmp_path / "out"), progress=False)
