@@ -12,8 +12,9 @@ rounded to the nearest output slot, floor(t * fps + 1/2); output frame k is the 
 frame rounded to a slot <= k, i.e. the last one with t * fps < k + 1/2 (a frame exactly half
 way goes to the later slot). There are round(duration * fps) output frames (at least one),
 the duration ending one input frame period after the last frame: a 10 s clip gives 30 frames
-at 3 fps whatever its input rate, and a slower input repeats frames. Times are exact
-fractions of the container's time base, so no floating-point rounding enters.
+at 3 fps whatever its input rate, and a slower input repeats frames. Times come from the
+packets (see ``presentation_times``) as exact fractions of the container's time base, so no
+floating-point rounding enters.
 
 An output is written under a temporary name and renamed when complete, so an interrupted run
 never leaves a file that looks finished; existing outputs are skipped on the next run. A bad
@@ -108,36 +109,66 @@ def plan_jobs(input_root, output_root, naming="replace", extensions=VIDEO_EXTENS
     return jobs
 
 
-def frame_time(frame, index, rate):
-    """Presentation time of a decoded frame in seconds (a Fraction); frame index / rate when
-    the frame carries no timestamp."""
-    if frame.pts is None or frame.time_base is None:
-        return Fraction(index) / rate
-    return frame.pts * Fraction(frame.time_base)
+def first_video_stream(container):
+    """The first video stream, checked to have a frame size."""
+    if not container.streams.video:
+        raise InputError("no video stream")
+    stream = container.streams.video[0]
+    if not stream.codec_context.width or not stream.codec_context.height:
+        raise InputError("the video stream has no frame size")
+    return stream
 
 
-def decoded_frames(container, stream):
-    """Decoded frames of ``stream`` in presentation order; a cut-off packet is an error."""
-    for position, packet in enumerate(container.demux(stream)):
-        if packet.is_corrupt:
-            raise InputError(f"packet {position} is incomplete: the input is truncated or damaged")
-        yield from packet.decode()
+def presentation_times(source):
+    """Time in seconds (a Fraction) of every frame in display order, read from the packets.
+
+    The i-th frame shown is the packet with the i-th smallest timestamp: decoders can hand out
+    scrambled frame timestamps (AVI files with B-frames do), the packets' are right. Packets
+    that are empty or flagged to be discarded (edit lists) are not frames.
+
+    Returns:
+        sorted list of times, or None when a packet has no timestamp.
+    Raises:
+        InputError: a packet was cut off (truncated or damaged file).
+    """
+    with av.open(source) as container:
+        stream = first_video_stream(container)
+        times = []
+        for position, packet in enumerate(container.demux(stream)):
+            if packet.is_corrupt:
+                raise InputError(f"packet {position} is incomplete: the input is truncated or damaged")
+            if packet.size == 0 or packet.is_discard:
+                continue
+            if packet.pts is None:
+                return None
+            times.append(packet.pts * Fraction(stream.time_base))
+    return sorted(times)
 
 
-def resampled(frames, input_rate, fps):
+def timed(frames, times, rate):
+    """(frame, time) pairs: the i-th frame gets ``times[i]``; frames without a packet time
+    (``times`` None or too short) follow the previous one by one period of ``rate``."""
+    previous = None
+    for index, frame in enumerate(frames):
+        if times is not None and index < len(times):
+            previous = times[index]
+        else:
+            previous = Fraction(index) / rate if previous is None else previous + 1 / rate
+        yield frame, previous
+
+
+def resampled(timed_frames, input_rate, fps):
     """Yield the input frame chosen for output frames 0, 1, 2, ... (module docstring's rule).
 
     Args:
-        frames: decoded frames in presentation order.
-        input_rate: the input's frame rate (Fraction), for frames without timestamps and
-            for the display time of the last frame.
+        timed_frames: (frame, time in seconds) in display order.
+        input_rate: the input's frame rate (Fraction): the last frame is shown for one period.
         fps: output frame rate (Fraction).
     """
     half = Fraction(1, 2)
     start = current = current_time = None
     k = 0
-    for index, frame in enumerate(frames):
-        time = frame_time(frame, index, input_rate)
+    for frame, time in timed_frames:
         if start is None:
             start = time
         # This frame rounds to output slot floor(position + 1/2): the slots before that are
@@ -149,7 +180,7 @@ def resampled(frames, input_rate, fps):
         current, current_time = frame, time
     if current is None:
         return
-    # The last frame stays on screen for one input period; the end rounds like the timestamps.
+    # The end of the last frame rounds to a slot like the timestamps do.
     total = max(1, math.floor((current_time + 1 / input_rate - start) * fps + half))
     while k < total:
         yield current
@@ -176,12 +207,9 @@ def compress_file(source, target, options=EncodeOptions()):
 
 
 def _encode(source, partial, options):
+    times = presentation_times(source)  # a first pass over the packets only: no decoding
     with av.open(source) as container:
-        if not container.streams.video:
-            raise InputError("no video stream")
-        stream = container.streams.video[0]
-        if not stream.codec_context.width or not stream.codec_context.height:
-            raise InputError("the video stream has no frame size")
+        stream = first_video_stream(container)
         input_rate = Fraction(stream.average_rate or stream.guessed_rate or options.fps)
         width, height = output_size(stream.codec_context.width, stream.codec_context.height, options.size)
         with av.open(partial, "w", format="mp4") as output:
@@ -193,8 +221,8 @@ def _encode(source, partial, options):
             encoder.codec_context.options = {"preset": options.preset, "crf": str(options.crf),
                                              "threads": str(options.threads)}
             count = 0
-            for count, frame in enumerate(resampled(decoded_frames(container, stream), input_rate,
-                                                    options.fps), start=1):
+            frames = timed(container.decode(stream), times, input_rate)
+            for count, frame in enumerate(resampled(frames, input_rate, options.fps), start=1):
                 image = frame.reformat(width=width, height=height, format="yuv420p", interpolation="BICUBIC")
                 image.pts, image.time_base = count - 1, 1 / options.fps
                 output.mux(encoder.encode(image))

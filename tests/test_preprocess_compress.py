@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from preprocess.compress_video import (EncodeOptions, compress_file, compress_folder, main, output_name,
-                                       output_size, resampled)
+                                       output_size, resampled, timed)
 from tests.video_factory import write_corrupt_file, write_empty_file, write_truncated_video, write_video
 
 
@@ -52,28 +52,44 @@ def test_output_names():
     assert output_name("movie.avi", "keep") == "movie.avi"
 
 
-class FakeFrame:
-    def __init__(self, pts, time_base=Fraction(1, 10)):
-        self.pts, self.time_base = pts, time_base
+def at(pts, time_base=Fraction(1, 10)):
+    """(frame, time) pairs for resampled(); the frame is its pts, to read the choice back."""
+    return [(p, p * time_base) for p in pts]
 
 
 def test_resampling_rounds_timestamps_to_the_nearest_slot():
     # Frames at 0.0, 0.1, 0.2, 0.5, 1.2 s (time base 1/10); output at 3 fps: t * 3 = 0, .3, .6, 1.5, 3.6.
-    frames = [FakeFrame(p) for p in (0, 1, 2, 5, 12)]
-    chosen = [f.pts for f in resampled(frames, Fraction(10), Fraction(3))]
+    chosen = list(resampled(at((0, 1, 2, 5, 12)), Fraction(10), Fraction(3)))
     # Slot k takes the last frame with t * 3 < k + 1/2; 1.5 goes to slot 2; the end 1.3 s gives
     # round(3.9) = 4 slots.
     assert chosen == [1, 2, 5, 5]
     # On the output grid every frame keeps its slot.
-    thirds = [FakeFrame(p, Fraction(1, 3)) for p in range(3)]
-    assert [f.pts for f in resampled(thirds, Fraction(3), Fraction(3))] == [0, 1, 2]
+    assert list(resampled(at(range(3), Fraction(1, 3)), Fraction(3), Fraction(3))) == [0, 1, 2]
     # A later start time is the origin; a slower input repeats frames (2 s -> 6 slots).
-    late = [FakeFrame(p, Fraction(1, 1)) for p in (5, 6)]
-    assert [f.pts for f in resampled(late, Fraction(1), Fraction(3))] == [5, 5, 5, 6, 6, 6]
+    assert list(resampled(at((5, 6), Fraction(1)), Fraction(1), Fraction(3))) == [5, 5, 5, 6, 6, 6]
     # 1.4 s at 25 fps -> round(4.2) = 4 output frames; a single frame gives one.
-    assert len(list(resampled([FakeFrame(p, Fraction(1, 25)) for p in range(35)], Fraction(25), Fraction(3)))) == 4
-    assert len(list(resampled([FakeFrame(0)], Fraction(30), Fraction(3)))) == 1
+    assert len(list(resampled(at(range(35), Fraction(1, 25)), Fraction(25), Fraction(3)))) == 4
+    assert len(list(resampled(at([0]), Fraction(30), Fraction(3)))) == 1
     assert list(resampled([], Fraction(30), Fraction(3))) == []
+
+
+def test_timed_frames_fall_back_to_the_frame_rate():
+    assert list(timed("abc", [Fraction(1), Fraction(2)], Fraction(4))) == [
+        ("a", 1), ("b", 2), ("c", Fraction(9, 4))]
+    assert list(timed("ab", None, Fraction(4))) == [("a", 0), ("b", Fraction(1, 4))]
+
+
+def test_avi_with_b_frames_keeps_display_times(tmp_path):
+    # AVI stores no presentation times: decoded B-frame timestamps come out scrambled, the
+    # packets' (one per frame) are in order once sorted.
+    levels = [20 + 8 * i for i in range(12)]
+    source = write_video(str(tmp_path / "b.avi"), frames=grey_frames(levels), fps=6, container_format="avi")
+    target = str(tmp_path / "b.mp4")
+    assert compress_file(source, target, EncodeOptions(size=48, crf=0)) == 6  # 2 s at 3 fps
+    # Frame i at i / 6 s has i * 3 / 6 = i / 2, so slot k takes the last frame with i / 2 < k + 1/2:
+    # frame 2 k (frame 2 k + 1 lies exactly half way and goes to slot k + 1).
+    decoded = frame_levels(source)
+    assert np.allclose(frame_levels(target), [decoded[2 * k] for k in range(6)], atol=1.0)
 
 
 def test_compress_file_rate_size_keyframes_and_frame_choice(tmp_path):
