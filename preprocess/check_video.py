@@ -154,18 +154,19 @@ def summary(rows):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--video_folder", help="folder of videos (walked recursively)")
     source.add_argument("--lmdb", help="LMDB built by preprocess/folder2lmdb.py (every key is checked)")
     parser.add_argument("--broken_list", default="broken_videos.txt",
-                        help="output: one broken video per line (path, or LMDB key)")
+                        help="output: one broken video per line, its path or LMDB key (default %(default)s)")
     parser.add_argument("--report", default="video_report.csv",
-                        help="output: status and frame count of every video (.csv or .json)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel decoding processes")
+                        help="output: status and frame count of every video, .csv or .json "
+                             "(default %(default)s)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel decoding processes (default: the number of CPUs)")
     parser.add_argument("--max_frames", type=int, default=12,
-                        help="frames sampled and converted to RGB per video, as --max_frames in training")
+                        help="frames sampled and converted to RGB per video, as --max_frames in "
+                             "training (default %(default)s)")
     parser.add_argument("--fast", action="store_true",
                         help="decode only the groups of pictures of the sampled frames (as training "
                              "does) instead of every frame; faster, but damage elsewhere goes unseen")

@@ -287,24 +287,25 @@ def positive_fraction(text):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--input_root", required=True, help="folder of source videos (walked recursively)")
     parser.add_argument("--output_root", required=True, help="folder for the outputs (mirrors input_root)")
     parser.add_argument("--fps", type=positive_fraction, default=Fraction(3),
-                        help="output frame rate; frames are picked by timestamp (e.g. 3, 2.5, 30000/1001)")
-    parser.add_argument("--size", type=int, default=224, help="shorter side in pixels (even); aspect kept")
+                        help="output frame rate, e.g. 3, 2.5 or 30000/1001 (default %(default)s); frames are "
+                             "picked by their timestamps, as FFmpeg's fps filter does")
+    parser.add_argument("--size", type=int, default=224, help="shorter side in pixels, even (default %(default)s); the aspect ratio is kept")
     parser.add_argument("--keyint", type=int, default=None,
                         help="frames between keyframes (default: 2 s worth, 6 at 3 fps). Training decodes "
-                             "from the keyframe before each sampled frame, so a short interval makes "
-                             "sparse decoding fast on long videos; a long one (libx264's default is 250) "
-                             "gives files a few percent smaller but decodes almost every frame")
-    parser.add_argument("--crf", type=int, default=23, help="libx264 constant rate factor (lower = better, larger)")
-    parser.add_argument("--preset", default="medium", help="libx264 preset (ultrafast ... veryslow)")
-    parser.add_argument("--threads", type=int, default=1, help="libx264 threads per worker (0 = automatic)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel encoding processes")
+                             "from the keyframe before each sampled frame: a short interval makes sparse "
+                             "decoding of long videos fast but the files larger; a long one (libx264's "
+                             "default is 250) gives smaller files that are decoded almost entirely")
+    parser.add_argument("--crf", type=int, default=23, help="libx264 constant rate factor (default %(default)s; lower is better and larger)")
+    parser.add_argument("--preset", default="medium", help="libx264 preset, ultrafast ... veryslow (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="libx264 threads per worker, 0 = automatic (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel encoding processes (default: the number of CPUs)")
     parser.add_argument("--naming", choices=NAMINGS, default="replace",
-                        help="output names: replace the extension by .mp4, append .mp4, or keep the name")
+                        help="output names: replace the extension by .mp4 (default), append .mp4 (DiDeMo), "
+                             "or keep the name (an MP4 inside)")
     parser.add_argument("--all_files", action="store_true",
                         help=f"take every file, not only the extensions {' '.join(VIDEO_EXTENSIONS)}")
     parser.add_argument("--overwrite", action="store_true", help="re-encode outputs that already exist")

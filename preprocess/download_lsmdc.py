@@ -192,20 +192,20 @@ def download_all(urls, output_dir, compress_options=None, workers=8, retries=3, 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n")[0],
         epilog=f"Credentials: set {USER_VARIABLE} and {PASSWORD_VARIABLE} in the environment.")
     parser.add_argument("--lists", nargs="+", required=True,
                         help="link lists (MPIIMD_downloadLinks.txt, BlindTest_downloadLinks.txt, "
                              "MVADaligned_downloadLinks.txt) or plain URL lists")
     parser.add_argument("--output_dir", required=True, help="clips go to <output_dir>/<movie>/<clip>")
     parser.add_argument("--only_download", action="store_true", help="keep the original files, no compression")
-    parser.add_argument("--workers", type=int, default=8, help="parallel downloads (processes)")
-    parser.add_argument("--retries", type=int, default=3, help="attempts per clip (each resumes the last)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before an attempt fails")
-    parser.add_argument("--fps", type=positive_fraction, default=EncodeOptions.fps, help="compression frame rate")
-    parser.add_argument("--size", type=int, default=EncodeOptions.size, help="compression shorter side")
+    parser.add_argument("--workers", type=int, default=8, help="parallel downloads, in processes that also compress (default %(default)s)")
+    parser.add_argument("--retries", type=int, default=3, help="attempts per clip, each resuming the last (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before an attempt fails (default %(default)s)")
+    parser.add_argument("--fps", type=positive_fraction, default=EncodeOptions.fps, help="compression frame rate (default %(default)s)")
+    parser.add_argument("--size", type=int, default=EncodeOptions.size, help="compression shorter side in pixels (default %(default)s)")
     parser.add_argument("--keyint", type=int, default=EncodeOptions.keyint,
-                        help="frames between keyframes (see compress_video.py --help)")
+                        help="frames between keyframes (default %(default)s; see compress_video.py --help)")
     parser.add_argument("--failures", default=None,
                         help="file listing failed URLs (default: <output_dir>/download_failures.txt)")
     return parser
