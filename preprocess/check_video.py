@@ -163,7 +163,8 @@ def build_parser():
     parser.add_argument("--report", default="video_report.csv",
                         help="output: status and frame count of every video, .csv or .json "
                              "(default %(default)s)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel decoding processes (default: the number of CPUs)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="parallel decoding processes (default: the number of CPUs)")
     parser.add_argument("--max_frames", type=int, default=12,
                         help="frames sampled and converted to RGB per video, as --max_frames in "
                              "training (default %(default)s)")

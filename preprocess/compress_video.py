@@ -93,8 +93,10 @@ def plan_jobs(input_root, output_root, naming="replace", extensions=VIDEO_EXTENS
         ValueError: two inputs would be written to the same output (e.g. x.avi and x.mkv).
     """
     jobs, sources = [], {}
+    skip = os.path.realpath(output_root)
     for root, dirs, files in os.walk(input_root):
-        dirs.sort()
+        # An output folder inside the input folder holds outputs, not inputs.
+        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) != skip)
         for name in sorted(files):
             if extensions is not None and not name.lower().endswith(tuple(extensions)):
                 continue
@@ -280,6 +282,7 @@ def write_failures(failed, path):
 
 
 def positive_fraction(text):
+    """argparse type: a positive rational such as 3, 2.5 or 30000/1001."""
     value = Fraction(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
@@ -293,16 +296,21 @@ def build_parser():
     parser.add_argument("--fps", type=positive_fraction, default=Fraction(3),
                         help="output frame rate, e.g. 3, 2.5 or 30000/1001 (default %(default)s); frames are "
                              "picked by their timestamps, as FFmpeg's fps filter does")
-    parser.add_argument("--size", type=int, default=224, help="shorter side in pixels, even (default %(default)s); the aspect ratio is kept")
+    parser.add_argument("--size", type=int, default=224,
+                        help="shorter side in pixels, even (default %(default)s); the aspect ratio is kept")
     parser.add_argument("--keyint", type=int, default=None,
                         help="frames between keyframes (default: 2 s worth, 6 at 3 fps). Training decodes "
                              "from the keyframe before each sampled frame: a short interval makes sparse "
                              "decoding of long videos fast but the files larger; a long one (libx264's "
                              "default is 250) gives smaller files that are decoded almost entirely")
-    parser.add_argument("--crf", type=int, default=23, help="libx264 constant rate factor (default %(default)s; lower is better and larger)")
-    parser.add_argument("--preset", default="medium", help="libx264 preset, ultrafast ... veryslow (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="libx264 threads per worker, 0 = automatic (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel encoding processes (default: the number of CPUs)")
+    parser.add_argument("--crf", type=int, default=23,
+                        help="libx264 constant rate factor (default %(default)s; lower is better and larger)")
+    parser.add_argument("--preset", default="medium",
+                        help="libx264 preset, ultrafast ... veryslow (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="libx264 threads per worker, 0 = automatic (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="parallel encoding processes (default: the number of CPUs)")
     parser.add_argument("--naming", choices=NAMINGS, default="replace",
                         help="output names: replace the extension by .mp4 (default), append .mp4 (DiDeMo), "
                              "or keep the name (an MP4 inside)")

@@ -198,12 +198,18 @@ def build_parser():
                         help="link lists (MPIIMD_downloadLinks.txt, BlindTest_downloadLinks.txt, "
                              "MVADaligned_downloadLinks.txt) or plain URL lists")
     parser.add_argument("--output_dir", required=True, help="clips go to <output_dir>/<movie>/<clip>")
-    parser.add_argument("--only_download", action="store_true", help="keep the original files, no compression")
-    parser.add_argument("--workers", type=int, default=8, help="parallel downloads, in processes that also compress (default %(default)s)")
-    parser.add_argument("--retries", type=int, default=3, help="attempts per clip, each resuming the last (default %(default)s)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before an attempt fails (default %(default)s)")
-    parser.add_argument("--fps", type=positive_fraction, default=EncodeOptions.fps, help="compression frame rate (default %(default)s)")
-    parser.add_argument("--size", type=int, default=EncodeOptions.size, help="compression shorter side in pixels (default %(default)s)")
+    parser.add_argument("--only_download", action="store_true",
+                        help="keep the original files, no compression")
+    parser.add_argument("--workers", type=int, default=8,
+                        help="parallel downloads, in processes that also compress (default %(default)s)")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="attempts per clip, each resuming the last (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds without data before an attempt fails (default %(default)s)")
+    parser.add_argument("--fps", type=positive_fraction, default=EncodeOptions.fps,
+                        help="compression frame rate (default %(default)s)")
+    parser.add_argument("--size", type=int, default=EncodeOptions.size,
+                        help="compression shorter side in pixels (default %(default)s)")
     parser.add_argument("--keyint", type=int, default=EncodeOptions.keyint,
                         help="frames between keyframes (default %(default)s; see compress_video.py --help)")
     parser.add_argument("--failures", default=None,

@@ -59,7 +59,8 @@ def by_name(rows):
 def test_folder_scan(videos, full):
     rows = by_name(scan(video_folder=str(videos), workers=2, full=full, progress=False))
     assert {name: (row["status"], row["frames"]) for name, row in rows.items()} == EXPECTED
-    assert rows["good.mp4"]["header_frames"] == 14 and (rows["good.mp4"]["width"], rows["good.mp4"]["height"]) == (96, 64)
+    good = rows["good.mp4"]
+    assert (good["header_frames"], good["width"], good["height"]) == (14, 96, 64)
     assert rows["fragmented.mp4"]["header_frames"] == 0  # the decoded count is what training uses
     assert rows["good.mp4"]["fps"] == 3.0
     assert "truncated" in rows["truncated.mp4"]["error"]

@@ -186,6 +186,16 @@ def test_cli_rerun_and_errors(tmp_path, capsys):
         main(["--input_root", str(tmp_path / "missing"), "--output_root", str(out)])
 
 
+def test_output_folder_inside_the_input_folder(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_video(str(raw / "a.avi"), num_frames=3, width=32, height=32)
+    for _ in range(2):  # the second run must not take the first run's output as an input
+        result = compress_folder(str(raw), str(raw / "small"), EncodeOptions(size=32), progress=False)
+    assert (result["skipped"], result["done"], result["failed"]) == (1, [], [])
+    assert sorted(os.listdir(raw / "small")) == ["a.mp4"]
+
+
 def test_name_collision_is_refused(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
