@@ -5,7 +5,7 @@ Every builder takes ``(args, tokenizer)``. ``train`` returns ``(DataLoader, leng
 ``(DataLoader, length)``. ``test`` is the split evaluated after every epoch; ``val`` is None
 where the dataset has no separate validation split (MSR-VTT, ActivityNet).
 """
-from . import activity, didemo, lsmdc, msrvtt, msvd
+from . import activity, demo, didemo, lsmdc, msrvtt, msvd
 
 DATALOADERS = {}
 
@@ -20,3 +20,4 @@ register("msvd", msvd.build_train, msvd.build_val, msvd.build_test)
 register("lsmdc", lsmdc.build_train, lsmdc.build_val, lsmdc.build_test)
 register("activity", activity.build_train, None, activity.build_test)
 register("didemo", didemo.build_train, didemo.build_val, didemo.build_test)
+register("demo", demo.build_train, None, demo.build_test)
