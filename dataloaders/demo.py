@@ -18,7 +18,7 @@ import numpy as np
 import torch.distributed as dist
 
 from .base import Pair, RetrievalDataset
-from .loaders import make_eval_loader, make_reader, make_train_loader
+from .loaders import make_reader
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40),
            "purple": (150, 60, 200), "orange": (245, 140, 30), "white": (245, 245, 245), "cyan": (40, 210, 220)}
@@ -129,11 +129,6 @@ def load_pairs(data_dir, split):
     return [Pair(os.path.join(root, "videos", item["video"]), (item["caption"],)) for item in items]
 
 
-def build_train(args, tokenizer):
-    dataset = RetrievalDataset(load_pairs(args.data_dir, "train"), tokenizer, make_reader(args, True), args.max_words)
-    return make_train_loader(dataset, args)
-
-
-def build_test(args, tokenizer):
-    dataset = RetrievalDataset(load_pairs(args.data_dir, "test"), tokenizer, make_reader(args, False), args.max_words)
-    return make_eval_loader(dataset, args)
+def build_dataset(args, tokenizer, split):
+    pairs = load_pairs(args.data_dir, split)
+    return RetrievalDataset(pairs, tokenizer, make_reader(args, split == "train"), args.max_words)
