@@ -26,7 +26,7 @@ from dataloaders import DATALOADERS, count_broken_videos
 from modules import distributed as du
 from modules.accumulation import accumulated_backward
 from modules.checkpoint import load_model_weights, model_state_from_checkpoint, read_checkpoint, save_checkpoint
-from modules.clip import convert_weights_to_fp16, load_clip_state_dict
+from modules.clip import SCRATCH_MODELS, convert_weights_to_fp16, load_clip_state_dict, random_clip_state_dict
 from modules.factory import create_model
 from modules.metrics import dual_softmax, retrieval_metrics
 from modules.optim import build_optimizer, freeze_clip_layers, warmup_cosine
@@ -80,7 +80,10 @@ def resume_path(args):
 
 def clip_weights(args, checkpoint):
     """CLIP from --pretrained_dir; when the file is absent but a checkpoint is given, CLIP is rebuilt
-    from the checkpoint's own `clip.*` weights (its cluster tables are loaded with the model)."""
+    from the checkpoint's own `clip.*` weights (its cluster tables are loaded with the model).
+    Sizes trained from scratch (`demo-small`) start from OpenAI's random initialisation."""
+    if args.pretrained_clip_name in SCRATCH_MODELS:
+        return random_clip_state_dict(args.pretrained_clip_name, seed=args.seed)
     try:
         return load_clip_state_dict(args.pretrained_clip_name, args.pretrained_dir, download=bool(args.download_clip))
     except FileNotFoundError as err:

@@ -14,8 +14,9 @@ CLIP_MODELS = {  # name -> (number of vision blocks, tokens per frame without [C
     "ViT-B/16": (12, 196),
     "ViT-L/14": (24, 256),
     "ViT-L/14@336px": (24, 576),
+    "demo-small": (4, 49),  # trained from scratch by the demo; no weights file
 }
-DATATYPES = ("msrvtt", "msvd", "lsmdc", "activity", "didemo")
+DATATYPES = ("msrvtt", "msvd", "lsmdc", "activity", "didemo", "demo")
 CLUSTER_ALGOS = ("kmediods++", "pooling", "sparse_sampling", "spectral", "temporal_shift", "token_shift")
 SIM_HEADERS = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
 # Names of modules that are new relative to CLIP although they live under `clip.` (they train at `lr`).

@@ -4,7 +4,7 @@ import os
 
 from .annotations import malformed, read_json
 from .base import Pair, RetrievalDataset, paragraph_window
-from .loaders import make_eval_loader, make_reader, make_train_loader
+from .loaders import make_reader
 
 ID_FILES = {"train": "train_ids.json", "val": "val_ids.json"}
 CAPTION_FILES = {"train": "train.json", "val": "val_1.json"}
@@ -55,12 +55,3 @@ def load_pairs(data_path, features_path, split):
 def build_dataset(args, tokenizer, split):
     pairs = load_pairs(args.data_path, args.features_path, split)
     return RetrievalDataset(pairs, tokenizer, make_reader(args, split == "train"), args.max_words)
-
-
-def build_train(args, tokenizer):
-    return make_train_loader(build_dataset(args, tokenizer, "train"), args)
-
-
-def build_test(args, tokenizer):
-    """The test split of ActivityNet is val_1 (the original registers it as "val")."""
-    return make_eval_loader(build_dataset(args, tokenizer, "val"), args)

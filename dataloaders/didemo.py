@@ -3,7 +3,7 @@ import os
 
 from .annotations import malformed, read_json, read_lines, video_files
 from .base import Pair, RetrievalDataset, paragraph_window
-from .loaders import lmdb_path, make_eval_loader, make_reader, make_train_loader
+from .loaders import lmdb_path, make_reader
 
 LIST_FORMAT = "{split}_list.txt: one video file name per line"
 DATA_FORMAT = '{split}_data.json: [{{"video": ..., "description": ..., "times": [...]}}, ...]'
@@ -57,15 +57,3 @@ def load_pairs(data_path, features_path, split, lmdb=None):
 def build_dataset(args, tokenizer, split):
     pairs = load_pairs(args.data_path, args.features_path, split, lmdb_path(args))
     return RetrievalDataset(pairs, tokenizer, make_reader(args, split == "train"), args.max_words)
-
-
-def build_train(args, tokenizer):
-    return make_train_loader(build_dataset(args, tokenizer, "train"), args)
-
-
-def build_val(args, tokenizer):
-    return make_eval_loader(build_dataset(args, tokenizer, "val"), args)
-
-
-def build_test(args, tokenizer):
-    return make_eval_loader(build_dataset(args, tokenizer, "test"), args)

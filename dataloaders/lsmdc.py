@@ -3,7 +3,7 @@ import os
 
 from .annotations import malformed, read_json, read_lines
 from .base import Pair, RetrievalDataset
-from .loaders import make_eval_loader, make_reader, make_train_loader
+from .loaders import make_reader
 
 ANNOTATION_FILES = {
     "train": "LSMDC16_annos_training.csv",
@@ -40,15 +40,3 @@ def load_pairs(data_path, features_path, split):
 def build_dataset(args, tokenizer, split):
     pairs = load_pairs(args.data_path, args.features_path, split)
     return RetrievalDataset(pairs, tokenizer, make_reader(args, split == "train"), args.max_words)
-
-
-def build_train(args, tokenizer):
-    return make_train_loader(build_dataset(args, tokenizer, "train"), args)
-
-
-def build_val(args, tokenizer):
-    return make_eval_loader(build_dataset(args, tokenizer, "val"), args)
-
-
-def build_test(args, tokenizer):
-    return make_eval_loader(build_dataset(args, tokenizer, "test"), args)

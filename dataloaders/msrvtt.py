@@ -3,7 +3,7 @@ import os
 
 from .annotations import malformed, read_csv_columns, read_json
 from .base import Pair, RetrievalDataset
-from .loaders import make_eval_loader, make_reader, make_train_loader
+from .loaders import make_reader
 
 TRAIN_CSV_FORMAT = "a csv with a header row holding a `video_id` column (MSRVTT_train.9k.csv / 7k)"
 DATA_JSON_FORMAT = ('MSRVTT_data.json: {"videos": [...], "sentences": [{"video_id": ..., '
@@ -53,14 +53,10 @@ def load_test_pairs(val_csv, features_path):
     return [Pair(video_path(features_path, row["video_id"]), (row["sentence"],)) for row in rows]
 
 
-def build_train(args, tokenizer):
-    pairs = load_train_pairs(args.train_csv, args.data_path, args.features_path,
-                             args.expand_msrvtt_sentences)
-    dataset = RetrievalDataset(pairs, tokenizer, make_reader(args, train=True), args.max_words)
-    return make_train_loader(dataset, args)
-
-
-def build_test(args, tokenizer):
-    pairs = load_test_pairs(args.val_csv, args.features_path)
-    dataset = RetrievalDataset(pairs, tokenizer, make_reader(args, train=False), args.max_words)
-    return make_eval_loader(dataset, args)
+def build_dataset(args, tokenizer, split):
+    """`train`: the --train_csv split; any other split: the JSFusion test csv (--val_csv)."""
+    if split == "train":
+        pairs = load_train_pairs(args.train_csv, args.data_path, args.features_path, args.expand_msrvtt_sentences)
+    else:
+        pairs = load_test_pairs(args.val_csv, args.features_path)
+    return RetrievalDataset(pairs, tokenizer, make_reader(args, split == "train"), args.max_words)

@@ -3,7 +3,7 @@ import os
 
 from .annotations import malformed, read_lines, read_pickle, video_files
 from .base import Pair, RetrievalDataset
-from .loaders import lmdb_path, make_eval_loader, make_reader, make_train_loader
+from .loaders import lmdb_path, make_reader
 
 LIST_FORMAT = "{split}_list.txt: one video id per line"
 CAPTIONS_FORMAT = "raw-captions.pkl: a pickled dict video id -> list of captions, each a list of words"
@@ -56,15 +56,3 @@ def build_dataset(args, tokenizer, split):
     train = split == "train"
     return RetrievalDataset(pairs, tokenizer, make_reader(args, train), args.max_words,
                             cut_off_points=None if train else cut_off_points)
-
-
-def build_train(args, tokenizer):
-    return make_train_loader(build_dataset(args, tokenizer, "train"), args)
-
-
-def build_val(args, tokenizer):
-    return make_eval_loader(build_dataset(args, tokenizer, "val"), args)
-
-
-def build_test(args, tokenizer):
-    return make_eval_loader(build_dataset(args, tokenizer, "test"), args)

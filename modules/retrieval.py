@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from modules.clip import LayerNorm, QuickGELU, Transformer
+from modules.cluster.schedule import video_mask_after_clustering
 from modules.distributed import all_gather_with_local_grad
 from modules.losses import symmetric_infonce
 
@@ -109,11 +110,7 @@ class RetrievalModel(nn.Module):
         frames = video.reshape(-1, *video.shape[-3:])  # (B·T, 3, H, W)
         features = self.clip.encode_image(frames).float()
         features = features.view(B, -1, features.shape[-1])  # (B, f, D)
-        mask = video_mask.view(B, T)
-        frames_out = features.shape[1]
-        if frames_out != T:
-            mask = mask[:, T // frames_out - 1::T // frames_out]  # (B, f)
-        return features, mask
+        return features, video_mask_after_clustering(video_mask.view(B, T), features.shape[1])
 
     def video_embedding(self, visual, mask):
         """Loose heads: visual [B, f, D], mask [B, f] -> one normalised vector per video [B, D]."""

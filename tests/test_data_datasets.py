@@ -372,11 +372,11 @@ def test_didemo_annotation_errors(tmp_path):
 # ---------------------------------------------------------------- registry and workers
 
 def test_registry_contract():
-    assert set(DATALOADERS) == {"msrvtt", "msvd", "lsmdc", "activity", "didemo"}
+    assert set(DATALOADERS) == {"msrvtt", "msvd", "lsmdc", "activity", "didemo", "demo"}
     for name, builders in DATALOADERS.items():
         assert set(builders) == {"train", "val", "test"}
         assert callable(builders["train"]) and callable(builders["test"])
-    assert [n for n, b in DATALOADERS.items() if b["val"] is None] == ["msrvtt", "activity"]
+    assert [n for n, b in DATALOADERS.items() if b["val"] is None] == ["msrvtt", "activity", "demo"]
 
 
 def test_train_loader_uses_a_distributed_sampler_under_ddp(msrvtt_data, tmp_path, tokenizer):

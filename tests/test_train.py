@@ -143,3 +143,18 @@ def test_non_finite_loss_stops_without_overwriting(workspace, tmp_path, monkeypa
     with pytest.raises(main_module.NonFiniteLoss, match="global step 2"):
         main_module.main(train_flags(root, msvd, out, "--batch_size", "2", "--epochs", "2", "--resume", "latest"))
     assert (out / "ckpt.pth.tar").read_bytes() == good
+
+
+@pytest.mark.parametrize("precision", ["amp", "fp16"])
+def test_reduced_precision_trains_on_cpu(workspace, tmp_path, precision):
+    root, msvd = workspace
+    out = tmp_path / precision
+    main_module.main(train_flags(root, msvd, out, "--precision", precision, "--batch_size", "2"))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("train/sim_loss")]
+    assert len(losses) == 2 and all(0 < v < 10 for v in losses)
+    checkpoint = read_checkpoint(str(out / "ckpt.pth.tar"))
+    expected = torch.float16 if precision == "fp16" else torch.float32
+    assert checkpoint["state_dict"]["clip.visual.proj"].dtype == expected
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())
