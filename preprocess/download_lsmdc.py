@@ -19,6 +19,7 @@ machine could see them. Failed URLs are listed at the end and written to a file.
 """
 import argparse
 import base64
+import http.client
 import os
 import re
 import sys
@@ -38,6 +39,7 @@ from preprocess.compress_video import (EncodeOptions, check_options, compress_fi
 USER_VARIABLE, PASSWORD_VARIABLE = "LSMDC_USER", "LSMDC_PASSWORD"
 DOWNLOAD_SUFFIX = ".download"
 CHUNK = 1 << 20
+RETRY_DELAY = 2.0  # seconds before the second attempt, doubled for each later one (at most 30)
 
 
 class DownloadError(RuntimeError):
@@ -93,7 +95,8 @@ def fetch(url, partial, headers, timeout):
         True when ``partial`` now holds the whole resource (its size is the announced one,
         or the server announced none and the transfer ended normally).
     Raises:
-        urllib.error.HTTPError / URLError / OSError on transfer errors.
+        urllib.error.HTTPError, URLError, http.client.HTTPException, OSError on transfer errors
+        (the bytes received so far stay in ``partial``).
     """
     start = os.path.getsize(partial) if os.path.exists(partial) else 0
     request = urllib.request.Request(url, headers={**headers, **({"Range": f"bytes={start}-"} if start else {})})
@@ -142,11 +145,11 @@ def download_one(url, output_dir, compress_options=None, retries=3, timeout=60.0
             if error.code < 500 and error.code != 416:
                 raise DownloadError(f"{url}: HTTP {error.code} {error.reason}") from None
             reason = f"HTTP {error.code} {error.reason}"
-        except (urllib.error.URLError, OSError) as error:
-            reason = f"{type(error).__name__}: {error}"
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+            reason = f"{type(error).__name__}: {error}"  # what arrived stays in the download file
         if attempt == retries:
             raise DownloadError(f"{url}: {reason} (after {retries} attempts; rerun to resume)")
-        time.sleep(min(2 ** attempt, 30))
+        time.sleep(min(RETRY_DELAY * 2 ** (attempt - 1), 30))
     if compress_options is None:
         os.replace(partial, target)
         return "done"
@@ -165,6 +168,8 @@ def _run(job):
         return url, download_one(url, output_dir, options, retries, timeout), None
     except DownloadError as error:
         return url, "failed", str(error)
+    except Exception as error:  # anything else about one URL must not stop the others
+        return url, "failed", f"{url}: {type(error).__name__}: {error}"
 
 
 def download_all(urls, output_dir, compress_options=None, workers=8, retries=3, timeout=60.0,

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import av
 import pytest
 
+from preprocess import download_lsmdc
 from preprocess.download_lsmdc import download_all, local_paths, main, read_url_lists
 from tests.video_factory import write_video
 
@@ -21,6 +22,7 @@ class ClipServer(ThreadingHTTPServer):
     def __init__(self, files):
         super().__init__(("127.0.0.1", 0), ClipHandler)
         self.files = files
+        self.cut_once = set()  # paths whose next answer stops half way
         self.requests = []  # (path, Range header or None, Authorization header or None)
 
     @property
@@ -54,6 +56,11 @@ class ClipHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
+        if self.path in server.cut_once:  # announce everything, send half, drop the connection
+            server.cut_once.discard(self.path)
+            self.wfile.write(data[start:start + (len(data) - start) // 2])
+            self.close_connection = True
+            return
         self.wfile.write(data[start:])
 
     def log_message(self, *args):
@@ -129,6 +136,20 @@ def test_download_resume_and_failures(clips, credentials, tmp_path):
     again = download_all(urls, str(out), None, workers=1, retries=1, progress=False)
     assert (again["done"], again["skipped"], again["failed"]) == (0, 2, [])
     assert len(server.requests) == count
+
+
+def test_dropped_connection_is_resumed_by_the_next_attempt(clips, credentials, tmp_path, monkeypatch):
+    server, files = clips
+    url = sorted(files)[0]
+    path = url[len(server.root):]
+    server.cut_once.add(path)
+    monkeypatch.setattr(download_lsmdc, "RETRY_DELAY", 0.0)  # the forked workers inherit it
+    result = download_all([url], str(tmp_path / "video"), None, workers=1, retries=2, progress=False)
+    assert (result["done"], result["failed"]) == (1, [])
+    target, _ = local_paths(url, str(tmp_path / "video"), compress=False)
+    assert open(target, "rb").read() == files[url]
+    half = len(files[url]) // 2
+    assert [rng for p, rng, _ in server.requests if p == path] == [None, f"bytes={half}-"]
 
 
 def test_download_and_compress_cli(clips, credentials, tmp_path, capsys):
