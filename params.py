@@ -15,8 +15,9 @@ from modules.factory import cluster_specs_from_args
 DATATYPES = ("msrvtt", "msvd", "lsmdc", "activity", "didemo", "demo")
 CLUSTER_ALGOS = ("kmediods++", "pooling", "sparse_sampling", "spectral", "temporal_shift", "token_shift")
 SIM_HEADERS = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
-# Names of modules that are new relative to CLIP although they live under `clip.` (they train at `lr`).
-NEW_ADDED_MODULES = ("time_embedding", "frame_embedding", "deepcluster")
+# Names of modules that are new relative to CLIP although they live under `clip.`: they train at
+# `lr`, not `lr * coef_lr`. The cluster tables are among them (SPEC §7).
+NEW_ADDED_MODULES = ("time_embedding", "frame_embedding", "deepcluster", "tokencluster_inter")
 
 
 def add_switch(parser, name, help):
