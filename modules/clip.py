@@ -209,6 +209,7 @@ MODEL_CONFIGS = {
     "ViT-B/32": CLIPConfig(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12),
     "ViT-B/16": CLIPConfig(512, 224, 12, 768, 16, 77, 49408, 512, 8, 12),
     "ViT-L/14": CLIPConfig(768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12),
+    "ViT-L/14@336px": CLIPConfig(768, 336, 24, 1024, 14, 77, 49408, 768, 12, 12),
     "demo-small": CLIPConfig(128, 224, 4, 128, 32, 77, 49408, 128, 2, 4),
 }
 SCRATCH_MODELS = ("demo-small",)
