@@ -12,6 +12,8 @@
 #   eclip_activity_02  ViT-B/16, 60 frames, B6-20,160     eclip_activity_06  ViT-B/32, 75 frames, B6-15,49
 #   eclip_activity_03  ViT-B/16, 60 frames, B6-15,160     eclip_activity_07  ViT-B/32, 45 frames, B6-15,49
 #   eclip_activity_05  ViT-B/16, 60 frames, B6-12,160     eclip_activity_08  ViT-B/32, 30 frames, B6-15,49
+#   eclip_activity_04  ViT-B/32, 60 frames, the token-shift baseline in every block (the original's
+#                      schedule: 11 "segments" and 55..43 tokens only make the rule fire in each block)
 # Environment variables: see scripts/common.sh.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -49,10 +51,15 @@ case ${PRESET:-} in
             *_05) frames_schedule 60 12 ;;
         esac
         run_name=$PRESET ;;
+    eclip_activity_04)
+        cluster_algo=token_shift
+        cluster_num_blocks="55 54 53 52 51 50 48 47 46 45 44 43"
+        target_frames_blocks="11 11 11 11 11 11 11 11 11 11 11 11"
+        run_name=$PRESET ;;
     eclip_activity_06) frames_schedule 75 15; run_name=$PRESET ;;
     eclip_activity_07) frames_schedule 45 15; run_name=$PRESET ;;
     eclip_activity_08) frames_schedule 30 15; run_name=$PRESET ;;
-    *) die "unknown PRESET=$PRESET; choose eclip_activity_02, _03, _05, _06, _07 or _08" ;;
+    *) die "unknown PRESET=$PRESET; choose eclip_activity_02, _03, _04, _05, _06, _07 or _08" ;;
 esac
 
 launch activity --data_path "$DATA_PATH" --features_path "$FEATURES_PATH" -- "$@"

@@ -41,6 +41,8 @@ CASES = {
         "": ("activity", "ViT-B/32", 60, b6(60, 15), [49] * 12, "kmediods++", 1e-2, False),
         "eclip_activity_02": ("activity", "ViT-B/16", 60, b6(60, 20), b6(196, 160), "kmediods++", 1e-2, False),
         "eclip_activity_03": ("activity", "ViT-B/16", 60, b6(60, 15), b6(196, 160), "kmediods++", 1e-2, False),
+        "eclip_activity_04": ("activity", "ViT-B/32", 60, [11] * 12, [55, 54, 53, 52, 51, 50, 48, 47, 46, 45, 44, 43],
+                              "token_shift", 1e-2, False),
         "eclip_activity_05": ("activity", "ViT-B/16", 60, b6(60, 12), b6(196, 160), "kmediods++", 1e-2, False),
         "eclip_activity_06": ("activity", "ViT-B/32", 75, b6(75, 15), [49] * 12, "kmediods++", 1e-2, False),
         "eclip_activity_07": ("activity", "ViT-B/32", 45, b6(45, 15), [49] * 12, "kmediods++", 1e-2, False),
