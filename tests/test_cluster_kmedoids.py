@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from modules.cluster import batch_kmedoids
+from modules.cluster import batch_kmedoids, kmedoids
 from modules.cluster.distance import kkz_init, pairwise_distances, shift_distances
 from tests.cluster_reference import reference_kmedoids
 
@@ -76,6 +76,24 @@ def test_k_equals_n_and_k_one():
     assert torch.equal(assignment, torch.arange(25).expand(3, 25))
     assignment, medoids = check_same(x, 1)
     assert torch.equal(assignment, torch.zeros(3, 25, dtype=torch.long))
+
+
+def test_converged_samples_are_frozen_without_changing_results(monkeypatch):
+    """Sample 0 has 6 clean clusters (converges at once), the others are noise (several iterations)."""
+    g = torch.Generator().manual_seed(12)
+    centres = 10 * torch.randn(6, 8, generator=g)
+    clean = (centres.repeat_interleave(8, dim=0) + 0.01 * torch.randn(48, 8, generator=g)).unsqueeze(0)
+    x = torch.cat([clean, torch.randn(3, 48, 8, generator=g)])
+    sizes = []
+    update = kmedoids.update_medoids
+
+    def recording_update(dist, assignment, k):
+        sizes.append(dist.shape[0])
+        return update(dist, assignment, k)
+
+    monkeypatch.setattr(kmedoids, "update_medoids", recording_update)
+    check_same(x, 6, threshold=0.0)
+    assert sizes[0] == 4 and min(sizes) < 4
 
 
 def test_incremental_kkz_matches_full_recompute():

@@ -40,9 +40,10 @@ def shift_distances(dist: torch.Tensor) -> torch.Tensor:
     """Make every distance <= -1 with one constant for the whole chunk, then 1 less on the diagonal.
 
     The shift makes a non-member's score of 0 the worst in the medoid update, and the diagonal
-    offset makes each token its own nearest point. dist: (M, N, N); returns a new (M, N, N) tensor.
+    offset makes each token its own nearest point. dist: (M, N, N), shifted in place (the same
+    roundings as `dist - dist.max() - 1.0`) and returned.
     """
-    dist = dist - dist.max() - 1.0
+    dist.sub_(dist.max()).sub_(1.0)
     dist.diagonal(dim1=1, dim2=2).sub_(1.0)
     return dist
 
