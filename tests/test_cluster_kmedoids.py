@@ -69,6 +69,16 @@ def test_all_tokens_equal():
     assert medoids.tolist() == [[0, 1, 2]] * 2
 
 
+def test_empty_clusters_from_rounding():
+    """A large common offset makes cdist's rounding exceed the -1 on the diagonal: clusters can
+    lose every member, and then the original's argmin over all-zero scores picks token 0."""
+    for seed in (0, 6):
+        g = torch.Generator().manual_seed(seed)
+        x = 3e3 * torch.randn(1, 1, 8, generator=g) + torch.randn(3, 40, 8, generator=g)
+        assignment, medoids = check_same(x, 10)
+        assert any(len(set(row.tolist())) < 10 for row in medoids)  # a repeated medoid: an emptied cluster
+
+
 def test_k_equals_n_and_k_one():
     x = torch.randn(3, 25, 8, generator=torch.Generator().manual_seed(2))
     assignment, medoids = check_same(x, 25)

@@ -70,14 +70,19 @@ def kmedoids_on_distances(x: torch.Tensor, dist: torch.Tensor, k: int, threshold
 def update_medoids(dist: torch.Tensor, assignment: torch.Tensor, k: int) -> torch.Tensor:
     """New medoid of each cluster: the member a with the smallest sum of dist[a, b] over members b.
 
-    dist: (M, N, N) shifted (all < 0), assignment: (M, N). Non-members score 0, the worst score, so
-    an empty cluster picks token 0, as in the original. Returns (M, k) int64, first index on ties.
+    The original takes an argmin over all N tokens where non-members score 0; distances are
+    shifted below 0, so that is the first member with the smallest sum, or token 0 for an empty
+    cluster, which is what is computed here without a (M, k, N) score tensor.
+    dist: (M, N, N) shifted, assignment: (M, N). Returns (M, k) int64.
     """
+    m, n = assignment.shape
     same_cluster = assignment.unsqueeze(2) == assignment.unsqueeze(1)  # (M, N, N)
     row_cost = torch.where(same_cluster, dist, 0.0).sum(dim=-1)  # (M, N)
-    clusters = torch.arange(k, device=dist.device).view(1, k, 1)
-    members = assignment.unsqueeze(1) == clusters  # (M, k, N)
-    return torch.where(members, row_cost.unsqueeze(1), 0.0).argmin(dim=-1)
+    best = row_cost.new_zeros(m, k).scatter_reduce(1, assignment, row_cost, 'amin', include_self=False)
+    is_best = row_cost == best.gather(1, assignment)  # (M, N)
+    token = torch.arange(n, device=dist.device).expand(m, n)
+    first = token.new_full((m, k), n).scatter_reduce(1, assignment, torch.where(is_best, token, n), 'amin')
+    return torch.where(first == n, 0, first)  # an empty cluster: token 0, as the original's argmin
 
 
 def medoid_shift(x: torch.Tensor, old: torch.Tensor, new: torch.Tensor, moved: torch.Tensor,
