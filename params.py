@@ -9,17 +9,15 @@ import logging
 import os
 import sys
 
-CLIP_MODELS = {  # name -> (number of vision blocks, tokens per frame without [CLS])
-    "ViT-B/32": (12, 49),
-    "ViT-B/16": (12, 196),
-    "ViT-L/14": (24, 256),
-    "ViT-L/14@336px": (24, 576),
-}
-DATATYPES = ("msrvtt", "msvd", "lsmdc", "activity", "didemo")
+from modules.clip import MODEL_CONFIGS
+from modules.factory import cluster_specs_from_args
+
+DATATYPES = ("msrvtt", "msvd", "lsmdc", "activity", "didemo", "demo")
 CLUSTER_ALGOS = ("kmediods++", "pooling", "sparse_sampling", "spectral", "temporal_shift", "token_shift")
 SIM_HEADERS = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
-# Names of modules that are new relative to CLIP although they live under `clip.` (they train at `lr`).
-NEW_ADDED_MODULES = ("time_embedding", "frame_embedding", "deepcluster")
+# Names of modules that are new relative to CLIP although they live under `clip.`: they train at
+# `lr`, not `lr * coef_lr`. The cluster tables are among them (SPEC §7).
+NEW_ADDED_MODULES = ("time_embedding", "frame_embedding", "deepcluster", "tokencluster_inter")
 
 
 def add_switch(parser, name, help):
@@ -80,7 +78,7 @@ def add_optim_args(parser):
 
 def add_model_args(parser):
     parser.add_argument("--pretrained_clip_name", type=str, default="ViT-B/32",
-                        help=f"CLIP weights, one of {', '.join(CLIP_MODELS)}")
+                        help=f"CLIP weights, one of {', '.join(MODEL_CONFIGS)}")
     parser.add_argument("--pretrained_dir", type=str, default=os.path.expanduser("~/models/pretrained"),
                         help="folder holding ViT-B-32.pt etc.")
     parser.add_argument("--download_clip", type=int, default=0,
@@ -172,8 +170,10 @@ def build_parser():
 
 
 def check_schedule(args):
-    """The clustering schedule: one entry per vision block, frames that divide block to block."""
-    num_blocks, _ = CLIP_MODELS[args.pretrained_clip_name]
+    """The clustering schedule: one entry per vision block of the chosen CLIP, and everything
+    `build_cluster_specs` checks (frames that divide, K within the tokens available, ...)."""
+    config = MODEL_CONFIGS[args.pretrained_clip_name]
+    num_blocks = config.vision_layers
     if args.cluster_num_blocks is None:
         raise ValueError("--cluster_inter 1 needs --cluster_num_blocks (tokens per segment for each of the "
                          f"{num_blocks} blocks, e.g. --cluster_num_blocks {' '.join(['49'] * num_blocks)})")
@@ -184,12 +184,7 @@ def check_schedule(args):
                              f"{num_blocks} blocks: give one value per block")
         if min(values) < 1:
             raise ValueError(f"--{flag} values must be positive, got {values}")
-    frames = [args.max_frames] + list(args.target_frames_blocks)
-    for i, (before, after) in enumerate(zip(frames[:-1], frames[1:]), start=1):
-        if after > before or before % after != 0:
-            raise ValueError(f"--target_frames_blocks: block {i} goes from {before} to {after} frames "
-                             f"(--max_frames {args.max_frames} before block 1); each value must divide the "
-                             "previous one exactly")
+    cluster_specs_from_args(args, config)
 
 
 def check_args(args):
@@ -200,9 +195,9 @@ def check_args(args):
         raise ValueError("--do_train 0 and --do_eval 0: nothing to do; pass --do_train 1 or --do_eval 1")
     if args.datatype not in DATATYPES:
         raise ValueError(f"--datatype {args.datatype} is unknown; choose one of {', '.join(DATATYPES)}")
-    if args.pretrained_clip_name not in CLIP_MODELS:
+    if args.pretrained_clip_name not in MODEL_CONFIGS:
         raise ValueError(f"--pretrained_clip_name {args.pretrained_clip_name} is unknown; choose one of "
-                         f"{', '.join(CLIP_MODELS)}")
+                         f"{', '.join(MODEL_CONFIGS)}")
     if args.deep_cluster:
         raise ValueError("--deep_cluster 1 selects an unpublished experiment of the original that is not "
                          "implemented; use --cluster_inter 1 with --cluster_algo instead")

@@ -9,6 +9,7 @@ tower's token-clustering hook. The block calls it on its input before attention 
 `post_attention` after the attention residual (see `ResidualAttentionBlock.forward`).
 """
 import hashlib
+import math
 import os
 import urllib.request
 import warnings
@@ -202,6 +203,43 @@ class CLIP(nn.Module):
         return x[torch.arange(B, device=ids.device), ids.argmax(dim=-1)] @ self.text_projection
 
 
+# Sizes of the official models, for random-weight benchmarks, and of `demo-small`, a small CLIP
+# trained from scratch by the demo (no weights file exists for it).
+MODEL_CONFIGS = {
+    "ViT-B/32": CLIPConfig(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12),
+    "ViT-B/16": CLIPConfig(512, 224, 12, 768, 16, 77, 49408, 512, 8, 12),
+    "ViT-L/14": CLIPConfig(768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12),
+    "ViT-L/14@336px": CLIPConfig(768, 336, 24, 1024, 14, 77, 49408, 768, 12, 12),
+    "demo-small": CLIPConfig(128, 224, 4, 128, 32, 77, 49408, 128, 2, 4),
+}
+SCRATCH_MODELS = ("demo-small",)
+
+
+def initialize_parameters(model):
+    """OpenAI CLIP's initialisation, for models trained from scratch and random-weight benchmarks."""
+    cfg = model.config
+    nn.init.normal_(model.token_embedding.weight, std=0.02)
+    nn.init.normal_(model.positional_embedding, std=0.01)
+    for transformer in (model.transformer, model.visual.transformer):
+        width, layers = transformer.width, transformer.layers
+        proj_std = width ** -0.5 * (2 * layers) ** -0.5
+        for block in transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=width ** -0.5)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+    nn.init.normal_(model.text_projection, std=cfg.transformer_width ** -0.5)
+    model.logit_scale.data.fill_(math.log(1 / 0.07))
+
+
+def random_clip_state_dict(name, seed=0):
+    """The state dict of a freshly initialised CLIP of a named size."""
+    torch.manual_seed(seed)
+    model = CLIP(MODEL_CONFIGS[name])
+    initialize_parameters(model)
+    return model.state_dict()
+
+
 # Keys of OpenAI's TorchScript archives that are not weights.
 NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
 
@@ -285,3 +323,18 @@ def load_clip_state_dict(name, pretrained_dir, download=False):
             raise FileNotFoundError(f"CLIP weights for --pretrained_clip_name {name} not found at {path} "
                                     f"(--pretrained_dir {pretrained_dir}); {hint}")
     return read_clip_state_dict(path)
+
+
+def convert_weights_to_fp16(model):
+    """CLIP4Clip's `fp16` precision: linear, conv and attention weights and the projections in
+    half precision; LayerNorms and embedding tables stay fp32 (LayerNorm computes in fp32)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.half()
+        if isinstance(module, Attention):
+            module.in_proj_weight.data = module.in_proj_weight.data.half()
+            module.in_proj_bias.data = module.in_proj_bias.data.half()
+        for name in ("text_projection", "proj"):
+            param = getattr(module, name, None)
+            if isinstance(param, nn.Parameter):
+                param.data = param.data.half()

@@ -69,6 +69,8 @@ def run_cli(*argv):
     (["--cluster_inter", "1", "--max_frames", "10", *B32_SCHEDULE], "--max_frames"),
     (["--cluster_inter", "1", "--max_frames", "12", *B32_SCHEDULE[:13], "--target_frames_blocks"]
      + ["4"] * 6 + ["12"] * 6, "--target_frames_blocks"),
+    (["--cluster_inter", "1", "--max_frames", "12", "--cluster_num_blocks"] + ["49"] * 6 + ["200"] * 6
+     + ["--target_frames_blocks"] + ["12"] * 6 + ["4"] * 6, "--cluster_num_blocks"),  # 200 > 3 x 49 tokens
     (["--cluster_algo", "kmeans"], "--cluster_algo"),
     (["--datatype", "kinetics"], "--datatype"),
     (["--pretrained_clip_name", "RN50"], "--pretrained_clip_name"),

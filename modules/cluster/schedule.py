@@ -91,8 +91,9 @@ def build_cluster_specs(cluster_num_blocks: Sequence[int], target_frames_blocks:
         k_prev, f_prev = ks[max(i - 1, 0)], (fs[i - 1] if i else max_frames)
         if not (k > 1 and (f_prev > f or k_prev > k)):
             if f != f_prev and algorithm not in SHIFTS:
-                raise ValueError(f"--target_frames_blocks changes the frames from {f_prev} to {f} at block "
-                                 f"{i + 1}, but no clustering module runs there (--cluster_num_blocks "
+                source = "--max_frames" if i == 0 else "--target_frames_blocks"
+                raise ValueError(f"--target_frames_blocks changes the frames from {f_prev} ({source}) to {f} "
+                                 f"at block {i + 1}, but no clustering module runs there (--cluster_num_blocks "
                                  f"gives {k}); frames can only change where tokens are clustered")
             specs.append(None)
         elif algorithm in SHIFTS:  # shifts always see all max_frames frames and keep the tokens

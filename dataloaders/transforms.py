@@ -1,0 +1,51 @@
+"""Frames (uint8 RGB) to the normalised tensor CLIP expects (SPEC §5, transform)."""
+import numpy as np
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def center_crop_offsets(height, width, size):
+    """(top, left) of a centred ``size`` x ``size`` crop, as torchvision's CenterCrop computes
+    them: ``int(round((H - size) / 2))`` (Python's round: halves go to the even integer)."""
+    return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+
+
+def resize_shorter_side(frames, size):
+    """Resize so the shorter side is ``size`` (bicubic, antialiased); a no-op when it already is.
+
+    The original never resizes (its videos are pre-compressed to a 224 shorter side); this
+    extension only touches other videos. Resizing the uint8 frames, rounding back to uint8,
+    mirrors CLIP's own PIL preprocessing and a re-encoded video.
+
+    Args:
+        frames: uint8 tensor [T, 3, H, W].
+    Returns:
+        uint8 tensor [T, 3, H', W'] with min(H', W') == size.
+    """
+    if min(frames.shape[-2:]) == size:
+        return frames
+    return TF.resize(frames, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+
+
+def frames_to_clip(frames, size=224):
+    """Resize (when needed), centre-crop, scale to [0, 1] and normalise with CLIP's statistics.
+
+    Args:
+        frames: uint8 numpy array [T, H, W, 3] (RGB).
+        size: output side, 224 for the released models.
+    Returns:
+        float32 tensor [T, 3, size, size].
+    """
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W)
+    x = resize_shorter_side(x, size)
+    top, left = center_crop_offsets(x.shape[-2], x.shape[-1], size)
+    x = x[:, :, top:top + size, left:left + size]
+    # Cropping before the float conversion is exact: every later step is element-wise.
+    x = x.float().div_(255.0)
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(-1, 1, 1)
+    return x.sub_(mean).div_(std).contiguous()

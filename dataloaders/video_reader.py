@@ -1,0 +1,158 @@
+"""Video clips for the datasets: files or LMDB in, ``[1, T, 3, S, S]`` tensor and mask out.
+
+A video that cannot be read (missing, empty, truncated, undecodable, or absent from the
+LMDB) is logged once per path and process and becomes a zero clip with an all-zero mask,
+so an epoch never stops for it. ``count_broken_videos`` counts such clips in a batch.
+"""
+import io
+import logging
+import os
+
+import av
+import lmdb
+import numpy as np
+import torch
+
+from .decode import VideoDecodeError, read_frames
+from .sampling import valid_length
+from .transforms import frames_to_clip
+
+logger = logging.getLogger(__name__)
+
+# Everything a bad video file can raise; programming errors are not caught.
+BROKEN_VIDEO_ERRORS = (av.FFmpegError, OSError, EOFError, VideoDecodeError)
+
+
+def open_lmdb(path):
+    """Open a video LMDB read-only the way SPEC §5 prescribes (no lock, no readahead)."""
+    return lmdb.open(path, subdir=os.path.isdir(path), readonly=True, lock=False,
+                     readahead=False, meminit=False)
+
+
+# LMDB allows one open environment per file and process (py-lmdb refuses a second open),
+# and an environment must not be used across fork. So this process's environments are
+# shared by every reader here and closed just before any fork: a DataLoader worker starts
+# with none and opens its own on first use. Maps real path -> (opening pid, environment).
+_open_environments = {}
+
+
+def _environment(path):
+    key = os.path.realpath(path)
+    if key not in _open_environments:
+        _open_environments[key] = (os.getpid(), open_lmdb(path))
+    return _open_environments[key][1]
+
+
+def _close_environments():
+    for _, env in _open_environments.values():
+        env.close()
+    _open_environments.clear()
+
+
+os.register_at_fork(before=_close_environments)
+
+
+def lmdb_keys(path):
+    """All keys of the LMDB at ``path`` as strings (the video files' base names)."""
+    with _environment(path).begin(write=False) as txn:
+        return [key.decode() for key in txn.cursor().iternext(keys=True, values=False)]
+
+
+class LmdbVideos:
+    """Video bytes by base name from an LMDB built by ``preprocess/folder2lmdb.py``.
+
+    The environment is opened on first use in each process (see ``_environment``).
+    """
+
+    def __init__(self, path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--lmdb_dataset {path} does not exist")
+        self.path = path
+
+    def get(self, name):
+        """The bytes stored under ``name`` (a base name), or None when the key is absent."""
+        with _environment(self.path).begin(write=False) as txn:
+            return txn.get(name.encode())
+
+
+class VideoReader:
+    """Sampled, transformed clips of videos, robust to broken files.
+
+    Args:
+        max_frames: T, frames per clip.
+        train: TSN sampling (training) or uniform sampling (evaluation).
+        lmdb_path: read videos from this LMDB (key = the path's base name) instead of files.
+        image_size: side of the square output frames.
+        thread_type: FFmpeg decoding threads, see ``decode.read_frames``.
+        seek: decode only the groups of pictures that hold sampled frames.
+    """
+
+    def __init__(self, max_frames, train, lmdb_path=None, image_size=224, thread_type="SLICE",
+                 seek=True):
+        self.max_frames = max_frames
+        self.train = train
+        self.lmdb = LmdbVideos(lmdb_path) if lmdb_path else None
+        self.image_size = image_size
+        self.thread_type = thread_type
+        self.seek = seek
+        self._reported = set()
+
+    def __call__(self, path, window=None):
+        """Read one clip.
+
+        Args:
+            path: the video file (in LMDB mode only its base name is used, as the key).
+            window: optional (start_seconds, end_seconds).
+        Returns:
+            video: float32 tensor [1, T, 3, S, S], zeros for a broken video.
+            video_mask: int64 array [1, T], 1 on the first ``min(num_frames, T)`` entries,
+                all 0 for a broken video.
+        """
+        video, mask = self.blank()
+        try:
+            frames, num_frames = read_frames(self._source(path), self.max_frames, self.train,
+                                             window=window, thread_type=self.thread_type,
+                                             seek=self.seek)
+        except BROKEN_VIDEO_ERRORS as error:
+            self._report(path, error)
+            return video, mask
+        video[0] = frames_to_clip(frames, self.image_size)
+        mask[0, :valid_length(num_frames, self.max_frames)] = 1
+        return video, mask
+
+    def blank(self):
+        """A blank clip: zeros [1, T, 3, S, S] and an all-zero mask [1, T]."""
+        video = torch.zeros(1, self.max_frames, 3, self.image_size, self.image_size)
+        return video, np.zeros((1, self.max_frames), dtype=np.int64)
+
+    def _source(self, path):
+        if self.lmdb is None:
+            return path
+        name = os.path.basename(path)
+        data = self.lmdb.get(name)
+        if data is None:
+            raise VideoDecodeError(f"key {name!r} is not in the LMDB {self.lmdb.path}")
+        return io.BytesIO(data)
+
+    def _report(self, path, error):
+        if path in self._reported:
+            return
+        self._reported.add(path)
+        where = f"{path} (LMDB {self.lmdb.path})" if self.lmdb else path
+        logger.warning("broken video %s: %s: %s; using a masked blank clip", where,
+                       type(error).__name__, error)
+
+
+def count_broken_videos(video_mask):
+    """Number of clips in a batch whose mask is all zero, i.e. videos that could not be read.
+
+    A readable video always has at least one valid frame, so an all-zero mask row marks a
+    blank replacement clip. Sum this over an epoch's batches and report it at the end.
+
+    Args:
+        video_mask: tensor or array [B, 1, T] (or [B, T]).
+    Returns:
+        int.
+    """
+    mask = torch.as_tensor(video_mask)
+    return int((mask.reshape(-1, mask.shape[-1]).sum(-1) == 0).sum())
