@@ -113,7 +113,8 @@ def main(argv=None):
     results = {"threads": torch.get_num_threads(), "torch": torch.__version__, "k": args.k,
                "repeats": args.repeats, "kmedoids": {}, "spectral": {}}
     print(f"k-medoids, K={args.k}, CPU, {torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"{'tokens':>9} {'shape':>11} {'iters':>5} {'original ms':>12} {'ours ms':>8} {'speedup':>8} {'identical':>9}")
+    print(f"{'tokens':>9} {'shape':>11} {'iters':>5} {'original ms':>12} {'ours ms':>8} {'speedup':>8} "
+          f"{'identical':>9}")
     for data in args.data:
         for m, n, c in SHAPES:
             x = make_tokens(data, m, n, c, args.seed)

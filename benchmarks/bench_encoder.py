@@ -4,10 +4,11 @@ weights, fp32, CPU, inference), per configuration, against the tower without clu
 "B6-S,K": blocks 1-6 see all 12 frames, block 7 clusters S segments of K tokens (k-medoids).
 `ideal` is the speedup the token counts allow: the tower's multiply-adds (patch embedding, the
 blocks' projections, MLP and attention, final projection) without and with clustering, clustering
-itself counted as free. Configurations run round-robin, median of --repeats.
+itself counted as free. Configurations run round-robin, median of --repeats; `cluster ms` is the
+mean time per forward spent in the clustering modules.
 
-    python benchmarks/bench_encoder.py --json bench_encoder.json
-    python benchmarks/bench_encoder.py --model ViT-B/16 --json bench_encoder_b16.json
+    python benchmarks/bench_encoder.py --original --json bench_encoder.json
+    python benchmarks/bench_encoder.py --model ViT-B/16 --original --json bench_encoder_b16.json
 """
 import argparse
 import json
