@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from modules.cluster import batch_kmedoids
+from modules.cluster import batch_kmedoids, kmedoids
 from modules.cluster.distance import kkz_init, pairwise_distances, shift_distances
 from tests.cluster_reference import reference_kmedoids
 
@@ -69,6 +69,16 @@ def test_all_tokens_equal():
     assert medoids.tolist() == [[0, 1, 2]] * 2
 
 
+def test_empty_clusters_from_rounding():
+    """A large common offset makes cdist's rounding exceed the -1 on the diagonal: clusters can
+    lose every member, and then the original's argmin over all-zero scores picks token 0."""
+    for seed in (0, 6):
+        g = torch.Generator().manual_seed(seed)
+        x = 3e3 * torch.randn(1, 1, 8, generator=g) + torch.randn(3, 40, 8, generator=g)
+        assignment, medoids = check_same(x, 10)
+        assert any(len(set(row.tolist())) < 10 for row in medoids)  # a repeated medoid: an emptied cluster
+
+
 def test_k_equals_n_and_k_one():
     x = torch.randn(3, 25, 8, generator=torch.Generator().manual_seed(2))
     assignment, medoids = check_same(x, 25)
@@ -76,6 +86,24 @@ def test_k_equals_n_and_k_one():
     assert torch.equal(assignment, torch.arange(25).expand(3, 25))
     assignment, medoids = check_same(x, 1)
     assert torch.equal(assignment, torch.zeros(3, 25, dtype=torch.long))
+
+
+def test_converged_samples_are_frozen_without_changing_results(monkeypatch):
+    """Sample 0 has 6 clean clusters (converges at once), the others are noise (several iterations)."""
+    g = torch.Generator().manual_seed(12)
+    centres = 10 * torch.randn(6, 8, generator=g)
+    clean = (centres.repeat_interleave(8, dim=0) + 0.01 * torch.randn(48, 8, generator=g)).unsqueeze(0)
+    x = torch.cat([clean, torch.randn(3, 48, 8, generator=g)])
+    sizes = []
+    update = kmedoids.update_medoids
+
+    def recording_update(dist, assignment, k):
+        sizes.append(dist.shape[0])
+        return update(dist, assignment, k)
+
+    monkeypatch.setattr(kmedoids, "update_medoids", recording_update)
+    check_same(x, 6, threshold=0.0)
+    assert sizes[0] == 4 and min(sizes) < 4
 
 
 def test_incremental_kkz_matches_full_recompute():

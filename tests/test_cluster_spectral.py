@@ -105,7 +105,8 @@ def test_input_dtype_and_autocast():
     assert expected[1].shape == (3, 12)
 
 
-@pytest.mark.parametrize("kw,flag", [(dict(graph='kNN'), "spectral_graph"), (dict(graph='KNN', knn_k=99), "spectral_knn_k"),
+@pytest.mark.parametrize("kw,flag", [(dict(graph='kNN'), "spectral_graph"),
+                                     (dict(graph='KNN', knn_k=99), "spectral_knn_k"),
                                      (dict(spatial_temporal_graph=torch.ones(1, 5, 5)), "spatial_temporal_graph")])
 def test_bad_arguments(kw, flag):
     with pytest.raises(ValueError, match=flag):

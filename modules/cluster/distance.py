@@ -40,9 +40,10 @@ def shift_distances(dist: torch.Tensor) -> torch.Tensor:
     """Make every distance <= -1 with one constant for the whole chunk, then 1 less on the diagonal.
 
     The shift makes a non-member's score of 0 the worst in the medoid update, and the diagonal
-    offset makes each token its own nearest point. dist: (M, N, N); returns a new (M, N, N) tensor.
+    offset makes each token its own nearest point. dist: (M, N, N), shifted in place (the same
+    roundings as `dist - dist.max() - 1.0`) and returned.
     """
-    dist = dist - dist.max() - 1.0
+    dist.sub_(dist.max()).sub_(1.0)
     dist.diagonal(dim1=1, dim2=2).sub_(1.0)
     return dist
 
@@ -55,20 +56,29 @@ def kkz_init(x: torch.Tensor, dist: torch.Tensor, k: int) -> torch.Tensor:
     x: (M, N, C), dist: (M, N, N) shifted. Returns (M, k) int64; ties go to the first index.
     """
     rows = torch.arange(x.shape[0], device=x.device)
-    medoids = torch.empty(x.shape[0], k, dtype=torch.long, device=x.device)
-    medoids[:, 0] = x.norm(dim=-1).argmax(dim=1)
-    nearest = dist[rows, medoids[:, 0]]  # (M, N): min over chosen seeds a of dist[a, b]
-    for i in range(1, k):
-        medoids[:, i] = nearest.argmax(dim=1)
-        nearest = torch.minimum(nearest, dist[rows, medoids[:, i]])
-    return medoids
+    seeds = [x.norm(dim=-1).argmax(dim=1)]
+    nearest = dist[rows, seeds[0]]  # (M, N): min over chosen seeds a of dist[a, b]
+    for _ in range(1, k):
+        seeds.append(nearest.argmax(dim=1))
+        nearest = torch.minimum(nearest, dist[rows, seeds[-1]])
+    return torch.stack(seeds, dim=1)
+
+
+def medoid_rows(dist: torch.Tensor, medoids: torch.Tensor) -> torch.Tensor:
+    """dist[m, medoids[m, j], :] for every sample and medoid. dist: (M, N, N), medoids: (M, K).
+
+    Returns (M, K, N). Row selection on the flattened (M·N, N) matrix, cheaper than a gather.
+    """
+    m, n = dist.shape[0], dist.shape[-1]
+    flat_index = (medoids + n * torch.arange(m, device=dist.device).unsqueeze(1)).reshape(-1)
+    return dist.reshape(m * n, n).index_select(0, flat_index).view(m, -1, n)
 
 
 def assign_to_medoids(dist: torch.Tensor, medoids: torch.Tensor) -> torch.Tensor:
     """Cluster of every token: the medoid a with the smallest dist[a, b], first on ties.
 
-    dist: (M, N, N), medoids: (M, K). Returns (M, N) int64 indices into the medoid list.
+    dist: (M, N, N), medoids: (M, K). Returns (M, N) int64 indices into the medoid list. Uses
+    `min(dim).indices`, as the original does (documented first index on ties, faster than argmin
+    over a strided dimension).
     """
-    n = dist.shape[-1]
-    medoid_rows = dist.gather(1, medoids.unsqueeze(-1).expand(-1, -1, n))  # (M, K, N)
-    return medoid_rows.argmin(dim=1)
+    return medoid_rows(dist, medoids).min(dim=1).indices

@@ -42,16 +42,27 @@ def kmedoids_on_distances(x: torch.Tensor, dist: torch.Tensor, k: int, threshold
                           iter_limit: int):
     """The k-medoids iterations on already shifted distances.
 
+    A sample whose medoids did not move is at a fixed point: the next iteration would compute the
+    same assignment and the same medoids again. Such samples are dropped from the work (their
+    medoids are kept and they add an exact 0 to the stop criterion), which changes no result.
     x: (M, N, C) fp32, used for the seeds and the stop rule; dist: (M, N, N) from
     `shift_distances`. Returns (assignment (M, N), medoids (M, k) ascending), int64.
     """
     medoids = kkz_init(x, dist, k)
+    active = torch.arange(x.shape[0], device=x.device)  # samples whose medoids may still move
+    active_x, active_dist = x, dist
     for _ in range(iter_limit):
-        new_medoids = update_medoids(dist, assign_to_medoids(dist, medoids), k)
-        shift = medoid_shift(x, medoids, new_medoids)
-        medoids = new_medoids
-        if shift < threshold:
+        old = medoids[active]  # (A, k)
+        new = update_medoids(active_dist, assign_to_medoids(active_dist, old), k)
+        moved = old != new  # (A, k)
+        medoids[active] = new
+        if medoid_shift(active_x, old, new, moved, active, medoids.shape) < threshold:
             break
+        still = moved.any(dim=1)
+        if not still.any():
+            break  # every sample is at a fixed point: further iterations change nothing
+        if not still.all():
+            active, active_x, active_dist = active[still], active_x[still], active_dist[still]
     medoids = medoids.sort(dim=1).values
     return assign_to_medoids(dist, medoids), medoids
 
@@ -59,24 +70,33 @@ def kmedoids_on_distances(x: torch.Tensor, dist: torch.Tensor, k: int, threshold
 def update_medoids(dist: torch.Tensor, assignment: torch.Tensor, k: int) -> torch.Tensor:
     """New medoid of each cluster: the member a with the smallest sum of dist[a, b] over members b.
 
-    dist: (M, N, N) shifted (all < 0), assignment: (M, N). Non-members score 0, the worst score, so
-    an empty cluster picks token 0, as in the original. Returns (M, k) int64, first index on ties.
+    The original takes an argmin over all N tokens where non-members score 0; distances are
+    shifted below 0, so that is the first member with the smallest sum, or token 0 for an empty
+    cluster, which is what is computed here without a (M, k, N) score tensor.
+    dist: (M, N, N) shifted, assignment: (M, N). Returns (M, k) int64.
     """
+    m, n = assignment.shape
     same_cluster = assignment.unsqueeze(2) == assignment.unsqueeze(1)  # (M, N, N)
     row_cost = torch.where(same_cluster, dist, 0.0).sum(dim=-1)  # (M, N)
-    clusters = torch.arange(k, device=dist.device).view(1, k, 1)
-    members = assignment.unsqueeze(1) == clusters  # (M, k, N)
-    return torch.where(members, row_cost.unsqueeze(1), 0.0).argmin(dim=-1)
+    best = row_cost.new_zeros(m, k).scatter_reduce(1, assignment, row_cost, 'amin', include_self=False)
+    is_best = row_cost == best.gather(1, assignment)  # (M, N)
+    token = torch.arange(n, device=dist.device).expand(m, n)
+    first = token.new_full((m, k), n).scatter_reduce(1, assignment, torch.where(is_best, token, n), 'amin')
+    return torch.where(first == n, 0, first)  # an empty cluster: token 0, as the original's argmin
 
 
-def medoid_shift(x: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """Batch mean of sum_k |x[new_k] - x[old_k]|_2, the stop criterion, as an fp32 scalar tensor.
+def medoid_shift(x: torch.Tensor, old: torch.Tensor, new: torch.Tensor, moved: torch.Tensor,
+                 samples: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Batch mean of sum_k |x[new_k] - x[old_k]|_2 over all M samples, the stop criterion.
 
-    It stays a tensor so that the comparison with the threshold happens in fp32, as in the original.
-    x: (M, N, C); old, new: (M, k).
+    x: (A, N, C), old, new, moved: (A, k) for the A active `samples` of the M in `shape` (M, k).
+    Only moved medoids are gathered; every other entry is an exact 0 in its place, so the sums
+    and the mean are bitwise those of the original's dense computation. The result stays an fp32
+    tensor so that the comparison with the threshold is made in fp32, as in the original.
     """
-    if torch.equal(old, new):
-        return x.new_zeros(())
-    c = x.shape[-1]
-    moved = x.gather(1, new.unsqueeze(-1).expand(-1, -1, c)) - x.gather(1, old.unsqueeze(-1).expand(-1, -1, c))
-    return moved.pow(2).sum(dim=-1).sqrt().sum(dim=-1).mean()
+    rows, slots = moved.nonzero(as_tuple=True)
+    step = x.new_zeros(shape)  # (M, k)
+    if rows.numel():
+        diff = x[rows, new[rows, slots]] - x[rows, old[rows, slots]]  # (P, C)
+        step[samples[rows], slots] = diff.pow(2).sum(dim=-1).sqrt()
+    return step.sum(dim=-1).mean()

@@ -96,25 +96,31 @@ def build_cluster_specs(cluster_num_blocks: Sequence[int], target_frames_blocks:
                                  f"at block {i + 1}, but no clustering module runs there (--cluster_num_blocks "
                                  f"gives {k}); frames can only change where tokens are clustered")
             specs.append(None)
-            continue
-        if algorithm in SHIFTS:
-            spec = ClusterSpec(block=i, frames_in=max_frames, frames_out=max_frames, tokens_in=k_prev,
-                               tokens_out=k, tokens_per_frame=tokens, spectral_knn_k=spectral_knn_k, **common)
+        elif algorithm in SHIFTS:  # shifts always see all max_frames frames and keep the tokens
+            specs.append(ClusterSpec(block=i, frames_in=max_frames, frames_out=max_frames, tokens_in=k_prev,
+                                     tokens_out=k, tokens_per_frame=tokens, spectral_knn_k=spectral_knn_k,
+                                     **common))
         else:
-            if f < 1 or f_prev % f != 0:
-                raise ValueError(f"--target_frames_blocks: block {i + 1} goes from {f_prev} to {f} frames; "
-                                 f"the frames entering a clustering block must be a multiple of those leaving it")
-            d = f_prev // f
-            if algorithm != 'pooling' and k > d * tokens:
-                raise ValueError(f"--cluster_num_blocks: block {i + 1} asks for {k} tokens per segment but a "
-                                 f"segment has only {d} x {tokens} = {d * tokens} tokens")
-            knn_k = spectral_knn_k if spectral_knn_k >= 5 else 5 * d + (0 if k_prev < 100 else 5)
-            spec = ClusterSpec(block=i, frames_in=f_prev, frames_out=f, tokens_in=k_prev, tokens_out=k,
-                               tokens_per_frame=tokens, spectral_knn_k=knn_k, **common)
-            _check_spectral(spec)
+            specs.append(_reducing_spec(i, k_prev, k, f_prev, f, tokens, spectral_knn_k, common))
             tokens = tokens if algorithm == 'pooling' else k
-        specs.append(spec)
     return specs
+
+
+def _reducing_spec(i: int, k_prev: int, k: int, f_prev: int, f: int, tokens: int, spectral_knn_k: int,
+                   common: dict) -> ClusterSpec:
+    """The spec of block i for an algorithm that merges frames into segments (not the shifts)."""
+    if f < 1 or f_prev % f != 0:
+        raise ValueError(f"--target_frames_blocks: block {i + 1} goes from {f_prev} to {f} frames; "
+                         f"the frames entering a clustering block must be a multiple of those leaving it")
+    d = f_prev // f
+    if common['algorithm'] != 'pooling' and k > d * tokens:
+        raise ValueError(f"--cluster_num_blocks: block {i + 1} asks for {k} tokens per segment but a "
+                         f"segment has only {d} x {tokens} = {d * tokens} tokens")
+    knn_k = spectral_knn_k if spectral_knn_k >= 5 else 5 * d + (0 if k_prev < 100 else 5)  # automatic below 5
+    spec = ClusterSpec(block=i, frames_in=f_prev, frames_out=f, tokens_in=k_prev, tokens_out=k,
+                       tokens_per_frame=tokens, spectral_knn_k=knn_k, **common)
+    _check_spectral(spec)
+    return spec
 
 
 def _check_options(ks: List[int], fs: List[int], algorithm: str, distance: str,

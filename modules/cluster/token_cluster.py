@@ -59,7 +59,7 @@ class TokenCluster(nn.Module):
         """x: (B·frames_in, 1 + n, W) -> (B·frames_out, 1 + K, W) (pooling and shifts keep n)."""
         s = self.spec
         if x.shape[0] % s.frames_in:
-            raise ValueError(f"block {s.block}: {x.shape[0]} rows are not a multiple of {s.frames_in} frames")
+            raise ValueError(f"resblocks.{s.block}: {x.shape[0]} rows are not a multiple of {s.frames_in} frames")
         if s.algorithm in ('kmediods++', 'spectral'):
             return self._cluster(x)
         if s.algorithm == 'pooling':
@@ -99,7 +99,7 @@ class TokenCluster(nn.Module):
         the distance shift and the stop rule are per chunk. tokens: (M, N, W) -> (M, N), (M, K)."""
         s = self.spec
         if s.spectral_spg and tokens.shape[1] != self.spg.shape[-1]:
-            raise ValueError(f"block {s.block}: {tokens.shape[1]} tokens per segment, but the spatio-temporal "
+            raise ValueError(f"resblocks.{s.block}: {tokens.shape[1]} tokens per segment, but the spatio-temporal "
                              f"graph (--spectral_spg) was built for {self.spg.shape[-1]}")
         results = []
         for chunk in tokens.split(s.chunk_size):

@@ -1,0 +1,163 @@
+"""Image-tower speed with token clustering: 4 videos x 12 frames through a ViT-B-sized tower (random
+weights, fp32, CPU, inference), per configuration, against the tower without clustering.
+
+"B6-S,K": blocks 1-6 see all 12 frames, block 7 clusters S segments of K tokens (k-medoids).
+`ideal` is the speedup the token counts allow: the tower's multiply-adds (patch embedding, the
+blocks' projections, MLP and attention, final projection) without and with clustering, clustering
+itself counted as free. Configurations run round-robin, median of --repeats; `cluster ms` is the
+mean time per forward spent in the clustering modules.
+
+    python benchmarks/bench_encoder.py --original --json bench_encoder.json
+    python benchmarks/bench_encoder.py --model ViT-B/16 --original --json bench_encoder_b16.json
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from modules.clip import VisionTransformer  # noqa: E402
+from modules.cluster import build_cluster_specs, build_token_clusters, chunk_size_for  # noqa: E402
+from modules.cluster import token_cluster  # noqa: E402
+from benchmarks.bench_cluster import original_kmedoids  # noqa: E402
+
+MODELS = {"ViT-B/32": dict(patch=32, configs=["B6-6,49", "B6-4,49", "B6-3,49"]),
+          "ViT-B/16": dict(patch=16, configs=["B6-4,160"])}
+WIDTH, LAYERS, EMBED, RESOLUTION = 768, 12, 512, 224
+
+
+class Timed(nn.Module):
+    """Wraps a TokenCluster and accumulates the time of its forward calls."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.seconds = 0.0
+
+    def forward(self, x):
+        start = time.perf_counter()
+        out = self.inner(x)
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def post_attention(self, x):
+        return self.inner.post_attention(x)
+
+
+def schedule(config, patches, frames):
+    """'B6-S,K' -> (cluster_num_blocks, target_frames_blocks); 'baseline' -> None."""
+    if config == "baseline":
+        return None
+    blocks, rest = config[1:].split("-")
+    segments, k = (int(v) for v in rest.split(","))
+    first = int(blocks)
+    return [patches] * first + [k] * (LAYERS - first), [frames] * first + [segments] * (LAYERS - first)
+
+
+def tower_flops(patch, rows_tokens):
+    """Multiply-adds of the tower given (rows, tokens per row) entering each block."""
+    grid = RESOLUTION // patch
+    rows0 = rows_tokens[0][0]
+    total = rows0 * grid * grid * 3 * patch * patch * WIDTH  # patch embedding
+    for rows, tokens in rows_tokens:
+        total += rows * (12 * tokens * WIDTH * WIDTH + 2 * tokens * tokens * WIDTH)  # qkv, out, mlp; attention
+    return total + rows_tokens[-1][0] * WIDTH * EMBED
+
+
+def block_shapes(config, patch, videos, frames):
+    """(rows, tokens per row) entering each block's attention for a configuration."""
+    patches = (RESOLUTION // patch) ** 2
+    ks, fs = schedule(config, patches, frames) or ([patches] * LAYERS, [frames] * LAYERS)
+    return [(videos * f, k + 1) for k, f in zip(ks, fs)]
+
+
+def hooks_for(config, visual, patch, frames):
+    plan = schedule(config, (RESOLUTION // patch) ** 2, frames)
+    if plan is None:
+        return [None] * LAYERS
+    specs = build_cluster_specs(plan[0], plan[1], frames, True, 'kmediods++', WIDTH, (RESOLUTION // patch) ** 2,
+                                chunk_size_for(patch))
+    return [None if m is None else Timed(m) for m in build_token_clusters(specs, visual.positional_embedding)]
+
+
+def video_frames(videos, frames, seed):
+    """Smooth random images; frames of a video are the same scene plus noise, as real clips."""
+    g = torch.Generator().manual_seed(seed)
+    scene = nn.functional.interpolate(torch.randn(videos, 1, 3, 14, 14, generator=g).flatten(0, 1),
+                                      size=RESOLUTION, mode='bilinear', align_corners=False)
+    scene = scene.view(videos, 1, 3, RESOLUTION, RESOLUTION)
+    clip = scene + 0.3 * torch.randn(videos, frames, 3, RESOLUTION, RESOLUTION, generator=g)
+    return clip.flatten(0, 1)  # (B·T, 3, H, W)
+
+
+@contextmanager
+def original_kmedoids_in_tower(enabled):
+    """Swap the tower's k-medoids for the original's formulation (bench_cluster.py) while active."""
+    saved = token_cluster.batch_kmedoids
+    if enabled:
+        token_cluster.batch_kmedoids = lambda x, k, **kw: original_kmedoids(x.float(), k)[:2]
+    try:
+        yield
+    finally:
+        token_cluster.batch_kmedoids = saved
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ViT-B/32", choices=sorted(MODELS))
+    parser.add_argument("--videos", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--original", action="store_true",
+                        help="also run each configuration with the original's [M,K,N,N] k-medoids")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    patch = MODELS[args.model]["patch"]
+    visual = VisionTransformer(RESOLUTION, patch, WIDTH, LAYERS, WIDTH // 64, EMBED).eval()
+    frames = video_frames(args.videos, args.frames, seed=1)
+    configs = ["baseline"] + MODELS[args.model]["configs"]
+    runs = [(c, False) for c in configs] + ([(c, True) for c in configs[1:]] if args.original else [])
+    hooks = {run: hooks_for(run[0], visual, patch, args.frames) for run in runs}
+    times = {run: [] for run in runs}
+    with torch.no_grad():
+        for round_ in range(args.repeats + 1):  # round 0 warms up
+            for run in runs:
+                visual.set_block_hooks(hooks[run])
+                start = time.perf_counter()
+                with original_kmedoids_in_tower(run[1]):
+                    visual(frames)
+                if round_:
+                    times[run].append((time.perf_counter() - start) * 1e3)
+    base_ms = statistics.median(times[("baseline", False)])
+    base_flops = tower_flops(patch, block_shapes("baseline", patch, args.videos, args.frames))
+    results = {}
+    print(f"{args.model}, {args.videos} videos x {args.frames} frames, fp32, CPU, {torch.get_num_threads()} threads, "
+          f"median of {args.repeats}")
+    print(f"{'config':>22} {'ms':>8} {'cluster ms':>10} {'speedup':>8} {'ideal':>6} {'of ideal':>8}")
+    for run in runs:
+        config, original = run
+        name = config + (" (original k-medoids)" if original else "")
+        ms = statistics.median(times[run])
+        cluster_ms = sum(h.seconds for h in hooks[run] if h is not None) * 1e3 / (args.repeats + 1)
+        ideal = base_flops / tower_flops(patch, block_shapes(config, patch, args.videos, args.frames))
+        results[name] = dict(ms=ms, speedup=base_ms / ms, ideal=ideal, cluster_ms=cluster_ms)
+        print(f"{name:>22} {ms:>8.0f} {cluster_ms:>10.1f} {base_ms / ms:>7.2f}x {ideal:>5.2f}x "
+              f"{100 * base_ms / ms / ideal:>7.0f}%")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
