@@ -11,7 +11,7 @@ from torch import nn
 
 from .baselines import segment_mean, sparse_sample, temporal_shift, token_shift
 from .kmedoids import batch_kmedoids
-from .schedule import ClusterSpec
+from .schedule import CLUSTERING, ClusterSpec
 from .spectral import batch_spectral, spatial_temporal_graph
 
 
@@ -76,14 +76,33 @@ class TokenCluster(nn.Module):
             return token_shift(x, self.spec.frames_in)
         return x
 
+    @torch.no_grad()
+    def medoid_indices(self, x: torch.Tensor) -> torch.Tensor:
+        """The medoids the forward pass picks for x (B·frames_in, 1 + n, W), e.g. to draw them.
+
+        Returns (B, frames_out, K) int64: indices into each segment's d·n tokens in frame-major order
+        (token j is token j % n, [CLS] excluded, of the segment's frame j // n). k-medoids and spectral only.
+        """
+        s = self.spec
+        if s.algorithm not in CLUSTERING:
+            raise ValueError(f"resblocks.{s.block}: {s.algorithm} has no medoids")
+        _, medoids = self._cluster_in_chunks(self._segment_tokens(x))
+        return medoids.reshape(s.frames_out, -1, s.tokens_out).transpose(0, 1)
+
+    def _segment_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B·frames_in, 1 + n, W) -> (M, N, W) = (frames_out·B, d·n, W) without [CLS], segment-major as the
+        original: row s·B + b holds the d·n tokens of segment s of video b."""
+        s = self.spec
+        rows, length, width = x.shape
+        tokens = x[:, 1:].reshape(rows // s.frames_in, s.frames_out, s.segment_frames * (length - 1), width)
+        return tokens.transpose(0, 1).reshape(-1, s.segment_frames * (length - 1), width)
+
     def _cluster(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
         rows, length, width = x.shape
-        batch, d, f_out, k = rows // s.frames_in, s.segment_frames, s.frames_out, s.tokens_out
+        batch, f_out, k = rows // s.frames_in, s.frames_out, s.tokens_out
         cls = segment_mean(x[:, :1], s.frames_in, f_out)  # (B·f_out, 1, W)
-        # segment-major layout, as the original: row s·B + b holds the d·n tokens of segment s of video b
-        tokens = x[:, 1:].reshape(batch, f_out, d * (length - 1), width).transpose(0, 1)
-        tokens = tokens.reshape(f_out * batch, d * (length - 1), width)  # (M, N, W)
+        tokens = self._segment_tokens(x)  # (M, N, W)
         assignment, medoids = self._cluster_in_chunks(tokens)
         if s.aggregation is None:
             kept = tokens.gather(1, medoids.unsqueeze(-1).expand(-1, -1, width))  # (M, K, W)
