@@ -226,8 +226,9 @@ def get_args(argv=None):
         check_args(args)
     except ValueError as err:
         parser.error(str(err))
-    if args.aggregation == "None":
-        args.aggregation = None
+    for flag in ("aggregation", "resume", "init_model", "lmdb_dataset"):  # the original's scripts pass "None"
+        if getattr(args, flag) == "None":
+            setattr(args, flag, None)
     if args.sim_header == "tightTransf":
         args.loose_type = False
     # As the original: --batch_size is the batch of one optimizer step, split into micro-batches.

@@ -1,7 +1,8 @@
 """Training-step time and peak memory with token clustering, against training without it.
 
-ViT-B/32-sized CLIP with random weights, meanP, AdamW, fp32, 4 videos x 12 frames of random
-pixels and 32-token captions per step (no data loading). Each configuration runs in its own
+ViT-B/32-sized CLIP with random weights, meanP, AdamW, fp32, the default --freeze_layer_num 0
+(embeddings frozen), 4 videos x 12 frames of random pixels and 32-token captions per step (no data
+loading). Each configuration runs in its own
 process (peak memory is per process): peak resident memory on CPU (VmHWM, reset after a warm-up
 step so it covers steady-state steps), `torch.cuda.max_memory_allocated` on CUDA. Configurations
 run round-robin; times are medians over every measured step of every repetition.
@@ -51,12 +52,13 @@ def worker(config, steps, videos, frames):
     import params
     from modules.clip import random_clip_state_dict
     from modules.factory import create_model
-    from modules.optim import build_optimizer
+    from modules.optim import build_optimizer, freeze_clip_layers
 
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args = params.get_args(flags_for(config, frames))
     model = create_model(args, random_clip_state_dict("ViT-B/32")).to(device).train()
+    freeze_clip_layers(model.clip, args.freeze_layer_num)  # the default 0 freezes the embeddings, as training does
     optimizer, schedule = build_optimizer(model, "AdamW", 1e-4, 1e-3, 0.2, (0.9, 0.98), 1e-6, 100, 0.1,
                                           args.new_added_modules)
     ids = torch.randint(1, 49000, (videos, 1, 32), device=device)

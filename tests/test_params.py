@@ -52,6 +52,9 @@ def test_published_script_flags_parse(tmp_path):
     assert args.cluster_num_blocks == [49] * 12 and args.target_frames_blocks == [12] * 6 + [4] * 6
     assert args.aggregation is None
     assert args.batch_size == 64  # split into micro-batches, as the original
+    none = get_args(["--output_dir", str(tmp_path), "--resume", "None", "--init_model", "None",
+                     "--lmdb_dataset", "None"])
+    assert none.resume is None and none.init_model is None and none.lmdb_dataset is None
 
 
 def run_cli(*argv):
