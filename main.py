@@ -231,8 +231,8 @@ def train_one_epoch(model, loader, optimizer, schedule, scaler, device, epoch, g
             global_step / total_steps, args.warmup_proportion)
         loss = backward(model, micro_batches, autocast, scaler)
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"loss is {loss.item()} at global step {global_step} (epoch {epoch}, step {step}); "
-                                "stopping without writing a checkpoint")
+            raise NonFiniteLoss(f"loss is {loss.item()} at global step {global_step + 1} (epoch {epoch}, step "
+                                f"{step + 1} of {steps}); stopping without writing a checkpoint")
         scaler.unscale_(optimizer)
         if args.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
