@@ -52,12 +52,6 @@ class BertAdam(torch.optim.Optimizer):
                 p.add_(-self.scheduled_lr(group, state["step"]) * update)
                 state["step"] += 1
 
-    def current_lr(self):
-        """The scheduled lr of the first group at its next step (for logging)."""
-        group = self.param_groups[0]
-        steps = [self.state[p]["step"] for p in group["params"] if p in self.state]
-        return self.scheduled_lr(group, steps[0] if steps else 0)
-
 
 def cosine_with_warmup(step, total_steps, warmup_steps, lr):
     """AdamW's per-step lr: linear from MIN_LR to lr over warm-up, then cosine to zero, floored."""
