@@ -66,13 +66,20 @@ def malformed(path, expected, detail):
     return AnnotationError(f"{path} is malformed ({detail}); expected {expected}")
 
 
+def walk_files(folder, extensions=None):
+    """Files under ``folder`` (sub-folders walked, both sorted); only names ending in one of
+    ``extensions`` (lower-case suffixes, compared case-insensitively) when given."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found.extend(os.path.join(root, name) for name in sorted(files)
+                     if extensions is None or name.lower().endswith(tuple(extensions)))
+    return found
+
+
 def video_files(features_path, lmdb_path):
     """Paths of all video files: walked under ``features_path``, or in LMDB mode one per key
     (``features_path/<key>``, since readers only use the base name as the key)."""
     if lmdb_path:
         return [os.path.join(features_path, key) for key in lmdb_keys(lmdb_path)]
-    found = []
-    for root, dirs, files in os.walk(features_path):
-        dirs.sort()
-        found.extend(os.path.join(root, name) for name in sorted(files))
-    return found
+    return walk_files(features_path)

@@ -27,21 +27,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script
 
+from dataloaders.annotations import walk_files  # noqa: E402
 from dataloaders.decode import VideoDecodeError, read_frames  # noqa: E402
 from dataloaders.video_reader import LmdbVideos, lmdb_keys  # noqa: E402
 from preprocess.compress_video import VIDEO_EXTENSIONS  # noqa: E402
 
 FIELDS = ("video", "status", "frames", "header_frames", "width", "height", "fps", "error")
-
-
-def list_folder(folder, extensions=VIDEO_EXTENSIONS):
-    """Video files under ``folder`` (walked, sorted); every file when ``extensions`` is None."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        found.extend(os.path.join(root, name) for name in sorted(files)
-                     if extensions is None or name.lower().endswith(tuple(extensions)))
-    return found
 
 
 def stream_info(source):
@@ -110,7 +101,7 @@ def scan(video_folder=None, lmdb_path=None, workers=1, max_frames=12, full=True,
     else:
         if not os.path.isdir(video_folder):
             raise FileNotFoundError(f"--video_folder {video_folder} is not a directory")
-        worker, jobs = _check_path, [(path, max_frames, full) for path in list_folder(video_folder, extensions)]
+        worker, jobs = _check_path, [(path, max_frames, full) for path in walk_files(video_folder, extensions)]
     with Pool(max(1, workers)) as pool:
         rows = list(tqdm(pool.imap_unordered(worker, jobs, chunksize=4), total=len(jobs), desc="check",
                          unit="video", disable=not progress))

@@ -13,6 +13,9 @@ import sys
 import lmdb
 from tqdm import tqdm
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script
+from dataloaders.annotations import walk_files  # noqa: E402
+
 COMMIT_EVERY = 256  # files per write transaction: bounds the dirty pages held at once
 
 
@@ -25,14 +28,12 @@ def list_files(folder):
         ValueError: two files share a base name (they would share an LMDB key).
     """
     by_name = {}
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            if name in by_name:
-                raise ValueError(f"two files share the base name {name!r}, which is the LMDB key: "
-                                 f"{by_name[name]} and {path}; rename one of them")
-            by_name[name] = path
+    for path in walk_files(folder):
+        name = os.path.basename(path)
+        if name in by_name:
+            raise ValueError(f"two files share the base name {name!r}, which is the LMDB key: "
+                             f"{by_name[name]} and {path}; rename one of them")
+        by_name[name] = path
     return [by_name[name] for name in sorted(by_name)]
 
 

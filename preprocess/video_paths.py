@@ -13,7 +13,9 @@ import json
 import os
 import sys
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script
+from dataloaders.annotations import walk_files  # noqa: E402
+from preprocess.compress_video import VIDEO_EXTENSIONS  # noqa: E402
 
 
 def video_paths(video_folder, strip_prefix=""):
@@ -21,18 +23,14 @@ def video_paths(video_folder, strip_prefix=""):
     if not os.path.isdir(video_folder):
         raise FileNotFoundError(f"--video_folder {video_folder} is not a folder")
     paths = {}
-    for root, dirs, files in os.walk(video_folder):
-        dirs.sort()
-        for name in sorted(files):
-            stem, extension = os.path.splitext(name)
-            if extension.lower() not in VIDEO_EXTENSIONS:
-                continue
-            if strip_prefix and stem.startswith(strip_prefix):
-                stem = stem[len(strip_prefix):]
-            relative = os.path.relpath(os.path.join(root, name), video_folder)
-            if stem in paths:
-                raise ValueError(f"two videos have the id {stem!r}: {paths[stem]} and {relative}")
-            paths[stem] = relative
+    for path in walk_files(video_folder, VIDEO_EXTENSIONS):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if strip_prefix and stem.startswith(strip_prefix):
+            stem = stem[len(strip_prefix):]
+        relative = os.path.relpath(path, video_folder)
+        if stem in paths:
+            raise ValueError(f"two videos have the id {stem!r}: {paths[stem]} and {relative}")
+        paths[stem] = relative
     return paths
 
 
