@@ -60,7 +60,7 @@ class TokenCluster(nn.Module):
         s = self.spec
         if x.shape[0] % s.frames_in:
             raise ValueError(f"resblocks.{s.block}: {x.shape[0]} rows are not a multiple of {s.frames_in} frames")
-        if s.algorithm in ('kmediods++', 'spectral'):
+        if s.algorithm in CLUSTERING:
             return self._cluster(x)
         if s.algorithm == 'pooling':
             return segment_mean(x, s.frames_in, s.frames_out)
@@ -99,7 +99,7 @@ class TokenCluster(nn.Module):
 
     def _cluster(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
-        rows, length, width = x.shape
+        rows, _, width = x.shape
         batch, f_out, k = rows // s.frames_in, s.frames_out, s.tokens_out
         cls = segment_mean(x[:, :1], s.frames_in, f_out)  # (B·f_out, 1, W)
         tokens = self._segment_tokens(x)  # (M, N, W)
