@@ -94,6 +94,18 @@ def clip_weights(args, checkpoint):
     return {k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.") and "tokencluster_inter" not in k}
 
 
+def build_model(args):
+    """The model of the flags with the weights of --init_model, then of --resume, loaded.
+    Returns (model, the --resume checkpoint or None)."""
+    checkpoint = read_checkpoint(resume_path(args)) if args.resume else None
+    model = create_model(args, clip_weights(args, checkpoint))
+    if args.init_model:
+        load_model_weights(model, read_checkpoint(args.init_model))
+    if checkpoint is not None:
+        load_model_weights(model, checkpoint)
+    return model, checkpoint
+
+
 def move_batch(batch, device):
     return [t.to(device, non_blocking=True) for t in batch]
 
@@ -313,12 +325,7 @@ def main(argv=None):
     device = init_distributed(args)
     setup_output(args)
     seed_everything(args.seed + args.rank)
-    checkpoint = read_checkpoint(resume_path(args)) if args.resume else None
-    model = create_model(args, clip_weights(args, checkpoint))
-    if args.init_model:
-        load_model_weights(model, read_checkpoint(args.init_model))
-    if checkpoint is not None:
-        load_model_weights(model, checkpoint)
+    model, checkpoint = build_model(args)
     if args.do_train:
         freeze_clip_layers(model.clip, args.freeze_layer_num, bool(args.freeze_clip))
     if args.precision == "fp16":

@@ -31,6 +31,15 @@ def resize_shorter_side(frames, size):
     return TF.resize(frames, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
+def resize_and_crop(frames, size):
+    """uint8 numpy [T, H, W, 3] (RGB) -> uint8 tensor [T, 3, size, size]: the shorter side resized
+    to ``size`` when needed, then the centred crop."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W)
+    x = resize_shorter_side(x, size)
+    top, left = center_crop_offsets(x.shape[-2], x.shape[-1], size)
+    return x[:, :, top:top + size, left:left + size]
+
+
 def frames_to_clip(frames, size=224):
     """Resize (when needed), centre-crop, scale to [0, 1] and normalise with CLIP's statistics.
 
@@ -40,12 +49,8 @@ def frames_to_clip(frames, size=224):
     Returns:
         float32 tensor [T, 3, size, size].
     """
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W)
-    x = resize_shorter_side(x, size)
-    top, left = center_crop_offsets(x.shape[-2], x.shape[-1], size)
-    x = x[:, :, top:top + size, left:left + size]
     # Cropping before the float conversion is exact: every later step is element-wise.
-    x = x.float().div_(255.0)
+    x = resize_and_crop(frames, size).float().div_(255.0)
     mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(-1, 1, 1)
     std = torch.tensor(CLIP_STD, dtype=torch.float32).view(-1, 1, 1)
     return x.sub_(mean).div_(std).contiguous()

@@ -30,23 +30,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import params  # noqa: E402
 from dataloaders.decode import read_frames  # noqa: E402
-from dataloaders.transforms import center_crop_offsets, frames_to_clip, resize_shorter_side  # noqa: E402
+from dataloaders.transforms import frames_to_clip, resize_and_crop  # noqa: E402
 from dataloaders.video_reader import BROKEN_VIDEO_ERRORS  # noqa: E402
-from main import clip_weights  # noqa: E402
-from modules.checkpoint import load_model_weights, read_checkpoint  # noqa: E402
+from main import build_model  # noqa: E402
 from modules.cluster.schedule import CLUSTERING  # noqa: E402
-from modules.factory import create_model  # noqa: E402
 
 VEIL = np.array([192, 192, 192], np.float32)  # the grey laid over dropped patches, as in the paper
-
-
-def build_model(args, checkpoint_path):
-    """The retrieval model of the flags in eval mode, with the checkpoint's weights if given."""
-    checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path else None
-    model = create_model(args, clip_weights(args, checkpoint))
-    if checkpoint is not None:
-        load_model_weights(model, checkpoint)
-    return model.eval()
 
 
 def clustering_blocks(visual, block):
@@ -103,9 +92,7 @@ def medoid_patches(model, pixels, block=None):
 
 def display_frames(frames, size):
     """uint8 [T, size, size, 3]: the frames as the model sees them, before normalisation."""
-    x = resize_shorter_side(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2), size)
-    top, left = center_crop_offsets(x.shape[-2], x.shape[-1], size)
-    return x[:, :, top:top + size, left:left + size].permute(0, 2, 3, 1).numpy()
+    return resize_and_crop(frames, size).permute(0, 2, 3, 1).numpy()
 
 
 def kept_mask(medoids, num_frames, grid):
@@ -175,8 +162,10 @@ def parse(argv):
 
 def main(argv=None):
     tool, args = parse(sys.argv[1:] if argv is None else argv)
+    if tool.checkpoint:
+        args.resume = tool.checkpoint
     try:
-        model = build_model(args, tool.checkpoint)
+        model = build_model(args)[0].eval()
         size, patch = model.clip.config.image_resolution, model.clip.config.vision_patch_size
         frames, _ = read_frames(tool.video, args.max_frames, train=False)
         block, medoids = medoid_patches(model, frames_to_clip(frames, size), tool.block)
