@@ -14,10 +14,7 @@ from modules.factory import create_model
 from modules.metrics import retrieval_metrics
 from modules.tokenizer import SimpleTokenizer
 from tests.reference_clip import reference_image, reference_text
-from tests.tiny_datasets import save_released_checkpoint, write_msrvtt, write_msvd, write_tiny_clip
-
-SCHEDULE = ["--cluster_inter", "1", "--cluster_num_blocks"] + ["49"] * 6 + ["12"] * 6 + \
-           ["--target_frames_blocks"] + ["4"] * 6 + ["2"] * 6
+from tests.tiny_datasets import SCHEDULE, save_released_checkpoint, write_msrvtt, write_msvd, write_tiny_clip
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,7 @@ from modules.factory import create_model
 from modules.optim import BertAdam, build_optimizer, cosine_with_warmup, freeze_clip_layers, parameter_groups, \
     warmup_cosine
 from tests.tiny_clip import make_tiny_clip_state_dict
-
-SCHEDULE = ["--cluster_inter", "1", "--cluster_num_blocks"] + ["49"] * 6 + ["12"] * 6 + \
-           ["--target_frames_blocks"] + ["4"] * 6 + ["2"] * 6
+from tests.tiny_datasets import SCHEDULE
 
 
 @pytest.fixture(scope="module")

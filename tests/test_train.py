@@ -13,10 +13,7 @@ from modules.checkpoint import read_checkpoint
 from modules.factory import create_model
 from modules.precision import autocast_context, grad_scaler
 from tests.tiny_clip import make_tiny_clip_state_dict
-from tests.tiny_datasets import write_msvd, write_tiny_clip
-
-SCHEDULE = ["--cluster_inter", "1", "--cluster_num_blocks"] + ["49"] * 6 + ["12"] * 6 + \
-           ["--target_frames_blocks"] + ["4"] * 6 + ["2"] * 6
+from tests.tiny_datasets import SCHEDULE, write_msvd, write_tiny_clip
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,9 @@ from modules.checkpoint import save_checkpoint
 from tests.tiny_clip import make_tiny_clip_state_dict, save_torchscript_archive
 from tests.video_factory import write_video
 
+# Token clustering in the tiny 12-block CLIP with --max_frames 4: blocks 7-12 see 2 segments of 12 tokens.
+SCHEDULE = ["--cluster_inter", "1", "--cluster_num_blocks"] + ["49"] * 6 + ["12"] * 6 + \
+           ["--target_frames_blocks"] + ["4"] * 6 + ["2"] * 6
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
 
 
