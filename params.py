@@ -9,12 +9,17 @@ import logging
 import os
 import sys
 
+from dataloaders import DATALOADERS
 from modules.clip import MODEL_CONFIGS
+from modules.cluster.distance import DISTANCES
+from modules.cluster.schedule import ALGORITHMS
+from modules.cluster.spectral import GRAPHS
 from modules.factory import cluster_specs_from_args
+from modules.precision import PRECISIONS
+from modules.retrieval import SIM_HEADERS
+from modules.tasks import TASK_TYPES
 
-DATATYPES = ("msrvtt", "msvd", "lsmdc", "activity", "didemo", "demo")
-CLUSTER_ALGOS = ("kmediods++", "pooling", "sparse_sampling", "spectral", "temporal_shift", "token_shift")
-SIM_HEADERS = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
+DATATYPES = tuple(DATALOADERS)
 # Names of modules that are new relative to CLIP although they live under `clip.`: they train at
 # `lr`, not `lr * coef_lr`. The cluster tables are among them (SPEC §7).
 NEW_ADDED_MODULES = ("time_embedding", "frame_embedding", "deepcluster", "tokencluster_inter")
@@ -24,9 +29,15 @@ def add_switch(parser, name, help):
     parser.add_argument(name, action="store_true", default=False, help=help)
 
 
+def optional_str(value):
+    """argparse type: the string `None` (which the original's scripts pass) means unset."""
+    return None if value == "None" else value
+
+
 def add_data_args(parser):
     parser.add_argument("--data_dir", type=str, default="/cache/dataset", help="root of all datasets")
-    parser.add_argument("--lmdb_dataset", type=str, default=None, help="LMDB of the videos (key = file base name)")
+    parser.add_argument("--lmdb_dataset", type=optional_str, default=None,
+                        help="LMDB of the videos (key = file base name)")
     parser.add_argument("--save_feature_path", type=str, default=None, help="unused; kept for old scripts")
     parser.add_argument("--train_csv", type=str, default="data/.train.csv", help="MSR-VTT training split csv")
     parser.add_argument("--val_csv", type=str, default="data/.val.csv", help="MSR-VTT test csv (JSFusion 1k-A)")
@@ -67,7 +78,7 @@ def add_optim_args(parser):
     parser.add_argument("--freeze_layer_num", type=int, default=0, help="freeze CLIP blocks below this; -1 none")
     parser.add_argument("--freeze_clip", type=int, default=0, help="freeze the whole CLIP backbone")
     parser.add_argument("--temperature_new", type=float, default=1.0, help="if > 1, overwrite logit_scale with it")
-    parser.add_argument("--precision", type=str, default="fp32", choices=["amp", "fp16", "fp32"],
+    parser.add_argument("--precision", type=str, default="fp32", choices=PRECISIONS,
                         help="amp = autocast + grad scaler, fp16 = half weights, fp32")
     parser.add_argument("--margin", type=float, default=0.1, help="unused (CLIP4Clip legacy)")
     parser.add_argument("--hard_negative_rate", type=float, default=0.5, help="unused (CLIP4Clip legacy)")
@@ -92,13 +103,14 @@ def add_model_args(parser):
                         help="patch projection; only 2d is implemented in CenterCLIP")
     add_switch(parser, "--loose_type", "loose similarity (meanP/seqLSTM/seqTransf); tightTransf unsets it")
     add_switch(parser, "--do_lower_case", "unused; CLIP's tokenizer lower-cases")
-    parser.add_argument("--init_model", type=str, default=None, help="initialise the whole model from this file")
+    parser.add_argument("--init_model", type=optional_str, default=None,
+                        help="initialise the whole model from this file")
     parser.add_argument("--camoe_dsl", type=int, default=0, help="DSL re-normalisation of similarities at eval")
     parser.add_argument("--time_embedding", type=int, default=0, help="accepted; no effect (as the original)")
 
 
 def add_cluster_args(parser):
-    parser.add_argument("--cluster_algo", type=str, default="kmediods++", choices=CLUSTER_ALGOS,
+    parser.add_argument("--cluster_algo", type=str, default="kmediods++", choices=ALGORITHMS,
                         help="token clustering algorithm")
     parser.add_argument("--cluster_inter", type=int, default=0, help="cluster tokens inside the image tower")
     parser.add_argument("--cluster_num_blocks", type=int, nargs="+", default=None,
@@ -111,16 +123,16 @@ def add_cluster_args(parser):
     parser.add_argument("--cluster_frame_embedding", type=int, default=0,
                         help="create the (unused) frame embedding of the original, for its checkpoints")
     parser.add_argument("--adaptive_cls", type=int, default=0, help="accepted; no effect (as the original)")
-    parser.add_argument("--aggregation", type=str, default=None, choices=["mean", "None"],
+    parser.add_argument("--aggregation", type=optional_str, default=None, choices=["mean", None],
                         help="None keeps medoid tokens, mean averages each cluster")
     parser.add_argument("--cluster_iter_limit", type=int, default=100, help="k-medoids iteration limit")
-    parser.add_argument("--cluster_distance", type=str, default="euclidean", choices=["euclidean", "cosine"],
+    parser.add_argument("--cluster_distance", type=str, default="euclidean", choices=DISTANCES,
                         help="clustering distance")
     parser.add_argument("--cluster_threshold", type=float, default=1e-5, help="k-medoids stop threshold")
     parser.add_argument("--minkowski_norm_p", type=float, default=2.0, help="p of the Minkowski distance")
     parser.add_argument("--pre_norm", type=int, default=0, help="L2-normalise tokens before clustering")
     parser.add_argument("--spectral_sigma", type=float, default=2.0, help="heat-kernel sigma")
-    parser.add_argument("--spectral_graph", type=str, default="HeatKernel", choices=["HeatKernel", "KNN"],
+    parser.add_argument("--spectral_graph", type=str, default="HeatKernel", choices=GRAPHS,
                         help="spectral affinity graph")
     parser.add_argument("--spectral_knn_k", type=int, default=1, help="KNN graph k; below 5 = automatic")
     parser.add_argument("--spectral_spg", type=int, default=0, help="spatio-temporal mask on the graph")
@@ -136,13 +148,14 @@ def add_run_args(parser):
     parser.add_argument("--inference_speed_test", type=int, default=0, help="time test-set encoding and stop")
     parser.add_argument("--debug", action="store_true", default=False, help="log at DEBUG level")
     parser.add_argument("--output_dir", type=str, required=True, help="logs, checkpoints, metrics go here")
-    parser.add_argument("--resume", type=str, default=None, help="checkpoint to resume from, or `latest`")
+    parser.add_argument("--resume", type=optional_str, default=None, help="checkpoint to resume from, or `latest`")
     parser.add_argument("--load_from_pretrained", type=int, default=0,
                         help="with --resume: load only the weights, not optimizer/epoch")
     parser.add_argument("--n_display", type=int, default=100, help="log every n steps")
     parser.add_argument("--seed", type=int, default=42, help="random seed (rank is added)")
     parser.add_argument("--cache_dir", type=str, default="", help="unused (CLIP4Clip legacy)")
-    parser.add_argument("--task_type", type=str, default="retrieval", help="only `retrieval`")
+    parser.add_argument("--task_type", type=str, default="retrieval", choices=TASK_TYPES,
+                        help="retrieval (CenterCLIP) or recognition (X-CLIP)")
 
 
 def add_distributed_args(parser):
@@ -189,8 +202,6 @@ def check_schedule(args):
 
 def check_args(args):
     """Raise ValueError naming the flag and the fix for every combination that cannot run."""
-    if args.task_type != "retrieval":
-        raise ValueError(f"--task_type {args.task_type}: only `retrieval` is implemented")
     if not args.do_train and not args.do_eval:
         raise ValueError("--do_train 0 and --do_eval 0: nothing to do; pass --do_train 1 or --do_eval 1")
     if args.datatype not in DATATYPES:
@@ -226,9 +237,6 @@ def get_args(argv=None):
         check_args(args)
     except ValueError as err:
         parser.error(str(err))
-    for flag in ("aggregation", "resume", "init_model", "lmdb_dataset"):  # the original's scripts pass "None"
-        if getattr(args, flag) == "None":
-            setattr(args, flag, None)
     if args.sim_header == "tightTransf":
         args.loose_type = False
     # As the original: --batch_size is the batch of one optimizer step, split into micro-batches.

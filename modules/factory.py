@@ -1,7 +1,10 @@
-"""Turn the command-line arguments into model objects (the only place modules/ reads `args`)."""
+"""Turn the command-line arguments into model objects: the model of a task with its weights
+(CLIP file, --init_model, --resume). Tools import model building from here, never from main.py."""
 import logging
+import os
 
-from modules.clip import build_clip
+from modules.checkpoint import load_model_weights, model_state_from_checkpoint, read_checkpoint
+from modules.clip import SCRATCH_MODELS, build_clip, load_clip_state_dict, random_clip_state_dict
 from modules.cluster.schedule import build_cluster_specs, chunk_size_for
 from modules.cluster.token_cluster import build_token_clusters
 from modules.retrieval import RetrievalModel
@@ -40,3 +43,36 @@ def create_model(args, clip_state_dict):
     blocks = [s.block for s in specs if s is not None]
     logger.info("token clustering (%s) in vision blocks %s", args.cluster_algo, blocks or "none")
     return model
+
+
+def resume_path(args):
+    """--resume, with `latest` meaning <output_dir>/ckpt.pth.tar."""
+    return os.path.join(args.output_dir, "ckpt.pth.tar") if args.resume == "latest" else args.resume
+
+
+def clip_weights(args, checkpoint):
+    """CLIP from --pretrained_dir; when the file is absent but a checkpoint is given, CLIP is rebuilt
+    from the checkpoint's own `clip.*` weights (its cluster tables are loaded with the model).
+    Sizes trained from scratch (`demo-small`) start from OpenAI's random initialisation."""
+    if args.pretrained_clip_name in SCRATCH_MODELS:
+        return random_clip_state_dict(args.pretrained_clip_name, seed=args.seed)
+    try:
+        return load_clip_state_dict(args.pretrained_clip_name, args.pretrained_dir, download=bool(args.download_clip))
+    except FileNotFoundError as err:
+        if checkpoint is None:
+            raise
+        logger.warning("%s\nbuilding CLIP from the checkpoint's clip.* weights instead", err)
+    state = model_state_from_checkpoint(checkpoint)
+    return {k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.") and "tokencluster_inter" not in k}
+
+
+def build_retrieval_model(args):
+    """The retrieval model of the flags with the weights of --init_model, then of --resume, loaded.
+    Returns (model, the --resume checkpoint or None)."""
+    checkpoint = read_checkpoint(resume_path(args)) if args.resume else None
+    model = create_model(args, clip_weights(args, checkpoint))
+    if args.init_model:
+        load_model_weights(model, read_checkpoint(args.init_model))
+    if checkpoint is not None:
+        load_model_weights(model, checkpoint)
+    return model, checkpoint

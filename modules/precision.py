@@ -3,6 +3,8 @@ from contextlib import nullcontext
 
 import torch
 
+PRECISIONS = ("amp", "fp16", "fp32")
+
 
 def autocast_context(precision, device):
     """A zero-argument factory of the forward pass's autocast context."""

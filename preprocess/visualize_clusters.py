@@ -32,7 +32,7 @@ import params  # noqa: E402
 from dataloaders.decode import read_frames  # noqa: E402
 from dataloaders.transforms import frames_to_clip, resize_and_crop  # noqa: E402
 from dataloaders.video_reader import BROKEN_VIDEO_ERRORS  # noqa: E402
-from main import build_model  # noqa: E402
+from modules.factory import build_retrieval_model  # noqa: E402
 from modules.cluster.schedule import CLUSTERING  # noqa: E402
 
 VEIL = np.array([192, 192, 192], np.float32)  # the grey laid over dropped patches, as in the paper
@@ -165,7 +165,7 @@ def main(argv=None):
     if tool.checkpoint:
         args.resume = tool.checkpoint
     try:
-        model = build_model(args)[0].eval()
+        model = build_retrieval_model(args)[0].eval()
         size, patch = model.clip.config.image_resolution, model.clip.config.vision_patch_size
         frames, _ = read_frames(tool.video, args.max_frames, train=False)
         block, medoids = medoid_patches(model, frames_to_clip(frames, size), tool.block)

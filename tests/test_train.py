@@ -8,10 +8,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import main as main_module
 import params
+from modules import engine
 from modules.accumulation import accumulated_backward
 from modules.checkpoint import read_checkpoint
 from modules.factory import create_model
 from modules.precision import autocast_context, grad_scaler
+from modules.tasks.retrieval import RetrievalTask
 from tests.tiny_clip import make_tiny_clip_state_dict
 from tests.tiny_datasets import SCHEDULE, write_msvd, write_tiny_clip
 
@@ -92,7 +94,7 @@ def test_resume_latest_continues_exactly(workspace, tmp_path, monkeypatch):
     flags = train_flags(root, msvd, tmp_path / "full", "--epochs", "3")
     main_module.main(flags)
     interrupted = train_flags(root, msvd, tmp_path / "cut", "--epochs", "3")
-    real_epoch = main_module.train_one_epoch
+    real_epoch = engine.train_one_epoch
     calls = []
 
     def crash_in_second_epoch(*a, **k):
@@ -100,10 +102,10 @@ def test_resume_latest_continues_exactly(workspace, tmp_path, monkeypatch):
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real_epoch(*a, **k)
-    monkeypatch.setattr(main_module, "train_one_epoch", crash_in_second_epoch)
+    monkeypatch.setattr(engine, "train_one_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         main_module.main(interrupted)
-    monkeypatch.setattr(main_module, "train_one_epoch", real_epoch)
+    monkeypatch.setattr(engine, "train_one_epoch", real_epoch)
     assert read_checkpoint(str(tmp_path / "cut" / "ckpt.pth.tar"))["epoch"] == 1
     main_module.main(interrupted + ["--resume", "latest"])
     assert_same_state(final_state(tmp_path / "full"), final_state(tmp_path / "cut"), atol=1e-6)
@@ -136,8 +138,8 @@ def test_non_finite_loss_stops_without_overwriting(workspace, tmp_path, monkeypa
     out = tmp_path / "run"
     main_module.main(train_flags(root, msvd, out, "--batch_size", "2"))
     good = (out / "ckpt.pth.tar").read_bytes()
-    monkeypatch.setattr(main_module, "backward", lambda *a, **k: torch.tensor(float("nan")))
-    with pytest.raises(main_module.NonFiniteLoss, match="global step 3 "):
+    monkeypatch.setattr(RetrievalTask, "backward", staticmethod(lambda *a, **k: torch.tensor(float("nan"))))
+    with pytest.raises(engine.NonFiniteLoss, match="global step 3 "):
         main_module.main(train_flags(root, msvd, out, "--batch_size", "2", "--epochs", "2", "--resume", "latest"))
     assert (out / "ckpt.pth.tar").read_bytes() == good
 

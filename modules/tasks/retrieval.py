@@ -1,0 +1,190 @@
+"""Text-video retrieval (CenterCLIP / CLIP4Clip) as a task of the engine: model, loaders, the
+loss of a step (symmetric InfoNCE, gradient caching across micro-batches), and evaluation
+(similarity matrix, R@k, metrics.json, sim_matrix.npy, results.jsonl)."""
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dataloaders import DATALOADERS, count_broken_videos
+from modules import distributed as du
+from modules.accumulation import accumulated_backward
+from modules.clip import convert_weights_to_fp16
+from modules.engine import move_batch
+from modules.factory import build_retrieval_model
+from modules.metrics import dual_softmax, retrieval_metrics
+from modules.optim import build_optimizer, freeze_clip_layers, warmup_cosine
+from modules.precision import autocast_context
+from modules.tokenizer import SimpleTokenizer
+
+logger = logging.getLogger("centerclip")
+LOGIT_SCALE_RANGE = (0.1, 4.6052)  # [0.1, ln 100], as the original clamps it
+
+
+class BertAdamLearningRate:
+    """The lr BertAdam applies at a step (it schedules itself), for the logs."""
+
+    def __init__(self, lr, total_steps, warmup_proportion):
+        self.lr, self.total_steps, self.warmup_proportion = lr, total_steps, warmup_proportion
+
+    def set_step(self, step):
+        return self.lr * warmup_cosine(step / self.total_steps, self.warmup_proportion)
+
+
+class RetrievalTask:
+    arch = "centerclip"
+
+    def __init__(self, args):
+        self.tokenizer = SimpleTokenizer()
+        self.loaders = DATALOADERS[args.datatype]
+
+    def build_model(self, args, device):
+        """The model of the flags with --init_model / --resume weights, layers frozen for training,
+        fp16 weights for --precision fp16. Returns (model on device, the --resume checkpoint or None)."""
+        model, checkpoint = build_retrieval_model(args)
+        if args.do_train:
+            freeze_clip_layers(model.clip, args.freeze_layer_num, bool(args.freeze_clip))
+        if args.precision == "fp16":
+            convert_weights_to_fp16(model.clip)
+        return model.to(device), checkpoint
+
+    def train_loader(self, args):
+        return self.loaders["train"](args, self.tokenizer)
+
+    def eval_loader(self, args):
+        loader, length = self.loaders["test"](args, self.tokenizer)
+        logger.info("test split of %s: %d captions", args.datatype, length)
+        return loader, length
+
+    def build_optimizer(self, model, args, total_steps):
+        optimizer, schedule = build_optimizer(model, args.optim, args.lr, args.coef_lr, args.wd,
+                                              (args.beta1, args.beta2), args.eps, total_steps,
+                                              args.warmup_proportion, args.new_added_modules)
+        return optimizer, schedule or BertAdamLearningRate(args.lr, total_steps, args.warmup_proportion)
+
+    @staticmethod
+    def find_unused_parameters(args):
+        return bool(args.cluster_frame_embedding) or args.sim_header == "seqLSTM"  # tables the forward never uses
+
+    @staticmethod
+    def broken_videos(batch):
+        return count_broken_videos(batch[4])
+
+    @staticmethod
+    def backward(model, micro_batches, autocast, scaler):
+        """Forward and backward of one optimizer step; returns the loss. Several micro-batches are
+        taken as one batch of their total size (modules/accumulation.py)."""
+        if len(micro_batches) > 1:
+            return accumulated_backward(model, micro_batches, autocast, scaler)
+        with autocast():
+            loss = model(*micro_batches[0])
+        if torch.isfinite(loss):
+            scaler.scale(loss).backward()
+        return loss.detach()
+
+    @staticmethod
+    def after_step(model):
+        model.clip.logit_scale.data.clamp_(*LOGIT_SCALE_RANGE)
+
+    @staticmethod
+    def loss_scalars(loss):
+        # The original logs its deep-cluster loss as train/cluster_loss; k-medoids and spectral
+        # clustering have no loss, so it is 0 (kept so runs line up with the original's dashboards).
+        return {"sim_loss": loss, "cluster_loss": 0.0}
+
+    @staticmethod
+    def model_scalars(model):
+        return {"scale": model.clip.logit_scale.exp().item()}
+
+    @staticmethod
+    def tensorboard_metrics(metrics):
+        return metrics["t2v"]
+
+    @staticmethod
+    def score(metrics):
+        """The number that decides ckpt.best: text-to-video R@1."""
+        return metrics["t2v"]["R1"]
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, device, args, epoch=None):
+        """Encode the test split, score every pair, write metrics.json and sim_matrix.npy, and append
+        the metrics to results.jsonl."""
+        model.eval()
+        autocast = autocast_context(args.precision, device)
+        cut_off_points = multi_sentence_cut_off_points(loader.dataset)
+        texts, videos, masks, broken = encode_test_set(model, loader, device, autocast, cut_off_points)
+        sim = similarity_matrix(model, texts, videos, masks, autocast)
+        logger.info("similarity matrix %d x %d; %d broken video(s) replaced by blank clips", *sim.shape, broken)
+        if args.camoe_dsl:
+            sim = dual_softmax(sim)
+        metrics = retrieval_metrics(sim, cut_off_points)
+        log_metrics(metrics)
+        np.save(os.path.join(args.output_dir, "sim_matrix.npy"), sim)
+        write_metrics(metrics, args.output_dir, epoch)
+        return metrics
+
+    @torch.no_grad()
+    def inference_speed_test(self, model, loader, device, args):
+        """Time the encoding of the whole test split (no similarity, no metrics)."""
+        model.eval()
+        start = time.time()
+        _, videos, _, _ = encode_test_set(model, loader, device, autocast_context(args.precision, device),
+                                          multi_sentence_cut_off_points(loader.dataset))
+        seconds = time.time() - start
+        count = sum(len(v) for v in videos)
+        logger.info("inference speed: %d videos in %.2f s = %.2f videos/s", count, seconds, count / seconds)
+        return count / seconds
+
+
+def write_metrics(metrics, output_dir, epoch):
+    """`metrics.json` (this evaluation) and one line of `results.jsonl` (every evaluation of the run)."""
+    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    with open(os.path.join(output_dir, "results.jsonl"), "a") as f:
+        f.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
+
+
+def encode_test_set(model, loader, device, autocast, cut_off_points):
+    """Text features of every caption and video features of every video, batch by batch. In
+    multi-sentence mode a video is encoded with the batch holding its last caption."""
+    texts, videos, masks, offset, broken = [], [], [], 0, 0
+    for batch in tqdm(loader, desc="encoding", disable=not du.is_main_process()):
+        input_ids, _, _, video, video_mask = move_batch(batch, device)
+        with autocast():
+            texts.append(model.encode_text(input_ids))
+            if cut_off_points is not None:
+                rows = [i - offset for i in cut_off_points if offset <= i < offset + len(input_ids)]
+                offset += len(input_ids)
+                video, video_mask = video[rows], video_mask[rows]
+            if len(video):
+                broken += count_broken_videos(video_mask)
+                features, mask = model.encode_video(video, video_mask)
+                videos.append(features)
+                masks.append(mask)
+    return texts, videos, masks, broken
+
+
+def multi_sentence_cut_off_points(dataset):
+    """Index of each video's last caption when the test set has several captions per video, else None."""
+    return dataset.cut_off_points if getattr(dataset, "multi_sentence_per_video", False) else None
+
+
+def similarity_matrix(model, texts, videos, masks, autocast):
+    """[n_text, n_video] float32 logits (including exp(logit_scale)), block by block."""
+    rows = []
+    for text in texts:
+        with autocast():
+            rows.append(torch.cat([model.similarity(text, v, m).float() for v, m in zip(videos, masks)], dim=1))
+    return torch.cat(rows).cpu().numpy()
+
+
+def log_metrics(metrics):
+    for direction, title, prefix in (("t2v", "Text-to-Video", ""), ("v2t", "Video-to-Text", "V2T$")):
+        m = metrics[direction]
+        logger.info("%s:", title)
+        logger.info("\t>>>  %sR@1: %.1f - %sR@5: %.1f - %sR@10: %.1f - %sMedian R: %.1f - %sMean R: %.1f",
+                    prefix, m["R1"], prefix, m["R5"], prefix, m["R10"], prefix, m["MR"], prefix, m["MeanR"])
