@@ -197,7 +197,35 @@ def check_schedule(args):
                              f"{num_blocks} blocks: give one value per block")
         if min(values) < 1:
             raise ValueError(f"--{flag} values must be positive, got {values}")
+    if max(args.target_frames_blocks) > args.max_frames:
+        raise ValueError(f"--target_frames_blocks asks for {max(args.target_frames_blocks)} segments but "
+                         f"--max_frames is {args.max_frames}: a video cannot have more segments than frames")
     cluster_specs_from_args(args, config)
+
+
+def check_ranges(args):
+    """Numbers that would fail late or train silently wrong: lr, betas, weight decay, workers, seed,
+    logging interval, clustering constants."""
+    checks = (
+        ("lr", args.lr > 0, "a positive number"),  # NaN fails every comparison
+        ("beta1", 0 <= args.beta1 < 1, "in [0, 1)"),
+        ("beta2", 0 <= args.beta2 < 1, "in [0, 1)"),
+        ("eps", args.eps > 0, "a positive number"),
+        ("wd", args.wd >= 0, ">= 0"),
+        ("num_thread_reader", args.num_thread_reader >= 0, ">= 0"),
+        ("n_display", args.n_display >= 1, ">= 1 (log every n optimizer steps)"),
+        ("seed", 0 <= args.seed < 2 ** 32, "in [0, 2**32) (numpy's seed range)"),
+        ("spectral_sigma", args.spectral_sigma > 0, "a positive number"),
+        ("minkowski_norm_p", args.minkowski_norm_p > 0, "a positive number"),
+        ("clip_grad_norm", args.clip_grad_norm >= 0, ">= 0 (0 disables clipping)"),
+    )
+    for flag, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"--{flag} must be {expected}, got {getattr(args, flag)}")
+    context_length = MODEL_CONFIGS[args.pretrained_clip_name].context_length
+    if not 2 <= args.max_words <= context_length:
+        raise ValueError(f"--max_words {args.max_words}: needs room for the start and end tokens (>= 2) and at "
+                         f"most CLIP's context length ({context_length})")
 
 
 def check_args(args):
@@ -217,13 +245,19 @@ def check_args(args):
     if args.batch_size % args.gradient_accumulation_steps != 0:
         raise ValueError(f"--batch_size {args.batch_size} is not divisible by --gradient_accumulation_steps "
                          f"{args.gradient_accumulation_steps}")
-    if args.max_words < 2:
-        raise ValueError(f"--max_words {args.max_words}: needs room for the start and end tokens (>= 2)")
     for flag in ("max_frames", "batch_size", "batch_size_val", "epochs"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    check_ranges(args)
     if args.cluster_inter:
         check_schedule(args)
+
+
+def warn_unused_schedule(args):
+    if not args.cluster_inter and args.cluster_num_blocks is not None:
+        logging.getLogger("centerclip").warning(
+            "--cluster_num_blocks is given but --cluster_inter is 0: no token clustering runs; pass "
+            "--cluster_inter 1 to use the schedule")
 
 
 def get_args(argv=None):
@@ -237,6 +271,7 @@ def get_args(argv=None):
         check_args(args)
     except ValueError as err:
         parser.error(str(err))
+    warn_unused_schedule(args)
     if args.sim_header == "tightTransf":
         args.loose_type = False
     # As the original: --batch_size is the batch of one optimizer step, split into micro-batches.

@@ -30,6 +30,8 @@ class NonFiniteLoss(RuntimeError):
 
 
 def seed_everything(seed):
+    """Python, numpy and torch RNGs; seeds derived per epoch and rank wrap into numpy's range."""
+    seed %= 2 ** 32
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -84,12 +84,35 @@ def run_cli(*argv):
     (["--task_type", "caption"], "--task_type"),
     (["--aggregation", "max"], "--aggregation"),
     (["--sim_header", "maxP"], "--sim_header"),
+    (["--n_display", "0"], "--n_display"),
+    (["--max_words", "78"], "--max_words"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "-1e-4"], "--lr"),
+    (["--beta1", "1.0"], "--beta1"),
+    (["--beta2", "-0.1"], "--beta2"),
+    (["--wd", "-0.1"], "--wd"),
+    (["--num_thread_reader", "-1"], "--num_thread_reader"),
+    (["--seed", "-1"], "--seed"),
+    (["--seed", str(2 ** 32)], "--seed"),
+    (["--spectral_sigma", "0"], "--spectral_sigma"),
+    (["--minkowski_norm_p", "0"], "--minkowski_norm_p"),
+    (["--cluster_inter", "1", "--max_frames", "2", "--cluster_num_blocks"] + ["49"] * 6 + ["16"] * 6
+     + ["--target_frames_blocks"] + ["2"] * 6 + ["4"] * 6, "--max_frames"),
 ])
 def test_bad_combinations_fail_naming_the_flag(tmp_path, argv, flag):
     result = run_cli("--output_dir", str(tmp_path), *argv)
     assert result.returncode != 0
     assert flag in result.stderr
     assert len(result.stderr.splitlines()) <= 3  # a short message, not the whole usage
+
+
+def test_schedule_without_cluster_inter_warns(tmp_path, caplog):
+    get_args(["--output_dir", str(tmp_path), *B32_SCHEDULE])
+    assert "--cluster_inter is 0" in caplog.text
+    caplog.clear()
+    get_args(["--output_dir", str(tmp_path), "--cluster_inter", "1", "--max_frames", "12", *B32_SCHEDULE])
+    assert "--cluster_inter is 0" not in caplog.text
 
 
 def test_save_hparams_writes_every_argument(tmp_path):
