@@ -11,6 +11,7 @@ ckpt.pth.tar / ckpt.best.pth.tar.
 """
 import logging
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -26,7 +27,7 @@ def init_distributed(args):
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         args.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         backend = args.dist_backend if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://")
+        dist.init_process_group(backend=backend, init_method="env://", timeout=timedelta(minutes=args.dist_timeout))
     if torch.cuda.is_available():
         torch.cuda.set_device(args.local_rank)
         device = torch.device("cuda", args.local_rank)
@@ -53,15 +54,15 @@ def main(argv=None):
     device = init_distributed(args)
     setup_output(args)
     engine.seed_everything(args.seed + args.rank)
+    main_work = du.MainProcessWork(timedelta(minutes=args.dist_timeout))
     task = build_task(args)
     model, checkpoint = task.build_model(args, device)
     if args.inference_speed_test:
-        if du.is_main_process():
-            task.inference_speed_test(model, task.eval_loader(args)[0], device, args)
+        main_work.run(lambda: task.inference_speed_test(model, engine.evaluation_loader(task, args), device, args))
     elif args.do_train:
-        engine.train(task, model, device, args, checkpoint)
-    elif du.is_main_process():
-        task.evaluate(model, task.eval_loader(args)[0], device, args)
+        engine.train(task, model, device, args, checkpoint, main_work)
+    else:
+        main_work.run(lambda: task.evaluate(model, engine.evaluation_loader(task, args), device, args))
     if du.is_distributed():
         dist.destroy_process_group()
 

@@ -146,6 +146,8 @@ def add_run_args(parser):
     parser.add_argument("--do_train", type=int, default=1, help="train")
     parser.add_argument("--do_eval", type=int, default=0, help="evaluate on the test split")
     parser.add_argument("--inference_speed_test", type=int, default=0, help="time test-set encoding and stop")
+    parser.add_argument("--allow_blank_videos", type=int, default=0,
+                        help="evaluate even when more than half the test videos cannot be read")
     parser.add_argument("--debug", action="store_true", default=False, help="log at DEBUG level")
     parser.add_argument("--output_dir", type=str, required=True, help="logs, checkpoints, metrics go here")
     parser.add_argument("--resume", type=optional_str, default=None, help="checkpoint to resume from, or `latest`")
@@ -160,6 +162,8 @@ def add_run_args(parser):
 
 def add_distributed_args(parser):
     parser.add_argument("--dist_backend", type=str, default="nccl", help="nccl on CUDA; gloo is used on CPU")
+    parser.add_argument("--dist_timeout", type=float, default=30.0,
+                        help="minutes a process waits for the others (a frozen rank stops the run after this)")
     parser.add_argument("--world_size", type=int, default=1, help="set by torchrun")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help="set by the launcher")
     parser.add_argument("--init_method", type=str, default="tcp://127.0.0.1:6101",
@@ -218,6 +222,7 @@ def check_ranges(args):
         ("spectral_sigma", args.spectral_sigma > 0, "a positive number"),
         ("minkowski_norm_p", args.minkowski_norm_p > 0, "a positive number"),
         ("clip_grad_norm", args.clip_grad_norm >= 0, ">= 0 (0 disables clipping)"),
+        ("dist_timeout", args.dist_timeout > 0, "a positive number of minutes"),
     )
     for flag, ok, expected in checks:
         if not ok:

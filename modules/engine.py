@@ -5,6 +5,7 @@ once for all of them: micro-batch accumulation, the scaler, gradient clipping, t
 TensorBoard, `results.jsonl` (written by the task's evaluation), `ckpt.pth.tar` / `ckpt.best.pth.tar`
 and `--resume`.
 """
+import json
 import logging
 import math
 import os
@@ -13,7 +14,6 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -27,6 +27,45 @@ logger = logging.getLogger("centerclip")
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class NonFiniteWeights(RuntimeError):
+    pass
+
+
+class NonFiniteEvaluation(RuntimeError):
+    pass
+
+
+class TooManyBrokenVideos(RuntimeError):
+    pass
+
+
+def check_broken_share(broken, total, allow):
+    """Stop an evaluation where more than half the videos could not be read (a wrong
+    --features_path / --lmdb_dataset scores every blank clip alike), unless `allow`."""
+    if 2 * broken > total and not allow:
+        raise TooManyBrokenVideos(f"{broken} of {total} test videos could not be read and became blank clips; "
+                                  "check --features_path / --lmdb_dataset, or pass --allow_blank_videos 1 to "
+                                  "evaluate anyway")
+
+
+def check_finite_weights(model, epoch):
+    """Raise NonFiniteWeights naming the first parameter with a NaN or infinity: weights can diverge
+    at an epoch's last step while its loss was still finite."""
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise NonFiniteWeights(f"parameter {name} is not finite after epoch {epoch}; stopping without "
+                                   "writing a checkpoint (the files of earlier epochs are kept)")
+
+
+def check_loader(loader, length, what, batch_size=None):
+    """Fail at start-up on a split with no samples, or a training set smaller than one batch."""
+    if length == 0:
+        raise ValueError(f"the {what} split is empty: check the annotation files that list it")
+    if len(loader) == 0:
+        raise ValueError(f"the {what} split has {length} samples, fewer than one batch of --batch_size "
+                         f"{batch_size} per process: lower --batch_size or add samples")
 
 
 def seed_everything(seed):
@@ -117,7 +156,9 @@ def checkpoint_state(task, model, optimizer, scaler, epoch, global_step, best, a
 
 
 def end_of_epoch(task, model, optimizer, scaler, test_loader, device, args, writer, epoch, global_step, best):
-    """Evaluate, log val/* scalars, save ckpt.pth.tar and, when best, ckpt.best.pth.tar."""
+    """Evaluate, log val/* scalars, save ckpt.pth.tar and, when best, ckpt.best.pth.tar. Nothing is
+    written when the weights or the evaluation are not finite (the task's evaluation checks its own)."""
+    check_finite_weights(model, epoch)
     metrics = task.evaluate(model, test_loader, device, args, epoch)
     for name, value in task.tensorboard_metrics(metrics).items():
         writer.add_scalar(f"val/{name}", value, global_step)
@@ -129,6 +170,37 @@ def end_of_epoch(task, model, optimizer, scaler, test_loader, device, args, writ
     if is_best:
         save_checkpoint(state, os.path.join(args.output_dir, "ckpt.best.pth.tar"))
     return best
+
+
+def evaluation_loader(task, args):
+    """The task's evaluation loader, checked to hold samples."""
+    loader, length = task.eval_loader(args)
+    check_loader(loader, length, "test")
+    return loader
+
+
+def check_resumable(checkpoint, args):
+    """A training checkpoint's optimizer state only fits the optimizer it was written by."""
+    saved = checkpoint.get("hparams", {}).get("optim")
+    if saved is not None and saved != args.optim:
+        raise ValueError(f"--resume {args.resume}: the checkpoint was trained with --optim {saved}, this run asks "
+                         f"for --optim {args.optim}; pass --optim {saved}, or --load_from_pretrained 1 to take "
+                         "only its weights")
+
+
+def forget_replayed_results(output_dir, start_epoch):
+    """After a resume, drop the results.jsonl lines of epochs that will run again (an evaluation
+    written before a crash that came before its checkpoint)."""
+    path = os.path.join(output_dir, "results.jsonl")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if (json.loads(line).get("epoch") or 0) < start_epoch]
+    if len(kept) < len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
 
 
 def restore_training_state(checkpoint, optimizer, scaler):
@@ -148,10 +220,14 @@ def wrap_distributed(task, model, device, args):
                                    find_unused_parameters=task.find_unused_parameters(args))
 
 
-def train(task, model, device, args, checkpoint):
-    """Train for --epochs, evaluating and checkpointing (rank 0) after every epoch."""
+def train(task, model, device, args, checkpoint, main_work):
+    """Train for --epochs, evaluating and checkpointing after every epoch on rank 0 while the other
+    ranks wait (`main_work`: a `distributed.MainProcessWork`)."""
+    if checkpoint is not None and not args.load_from_pretrained:
+        check_resumable(checkpoint, args)
     train_loader, train_length, sampler = task.train_loader(args)
-    test_loader, _ = task.eval_loader(args)
+    check_loader(train_loader, train_length, "training", args.batch_size)
+    test_loader = evaluation_loader(task, args)
     total_steps = math.ceil(len(train_loader) / args.gradient_accumulation_steps) * args.epochs
     logger.info("training on %d samples: %d batches per epoch, %d optimizer steps", train_length,
                 len(train_loader), total_steps)
@@ -161,7 +237,12 @@ def train(task, model, device, args, checkpoint):
     if checkpoint is not None and not args.load_from_pretrained:
         start_epoch, global_step, best = restore_training_state(checkpoint, optimizer, scaler)
     wrapped = wrap_distributed(task, model, device, args)
-    writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard")) if du.is_main_process() else None
+    writer = None
+    if du.is_main_process():
+        forget_replayed_results(args.output_dir, start_epoch)
+        # On a resume, purge_step drops the events a crashed run logged after its last checkpoint.
+        writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"),
+                               purge_step=global_step + 1 if global_step else None)
     for epoch in range(start_epoch, args.epochs):
         # Seeded per epoch and rank, so a resumed run draws the same data order and frames.
         seed_everything((args.seed + epoch) * args.world_size + args.rank)
@@ -170,10 +251,8 @@ def train(task, model, device, args, checkpoint):
         global_step, loss, broken = train_one_epoch(task, wrapped, train_loader, optimizer, schedule, scaler,
                                                     device, epoch, global_step, args, writer)
         logger.info("epoch %d: mean loss %.4f, %d broken video(s) replaced by blank clips", epoch, loss, broken)
-        if du.is_main_process():
-            best = end_of_epoch(task, model, optimizer, scaler, test_loader, device, args, writer, epoch,
-                                global_step, best)
-        if du.is_distributed():
-            dist.barrier()
+        # Rank 0 evaluates and saves; the others get None back and never read `best`.
+        best = main_work.run(lambda: end_of_epoch(task, model, optimizer, scaler, test_loader, device, args,
+                                                  writer, epoch, global_step, best))
     if writer is not None:
         writer.close()

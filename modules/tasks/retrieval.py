@@ -14,7 +14,7 @@ from dataloaders import DATALOADERS, count_broken_videos
 from modules import distributed as du
 from modules.accumulation import accumulated_backward
 from modules.clip import convert_weights_to_fp16
-from modules.engine import move_batch
+from modules.engine import NonFiniteEvaluation, check_broken_share, move_batch
 from modules.factory import build_retrieval_model
 from modules.metrics import dual_softmax, retrieval_metrics
 from modules.optim import build_optimizer, freeze_clip_layers, warmup_cosine
@@ -117,14 +117,19 @@ class RetrievalTask:
         autocast = autocast_context(args.precision, device)
         cut_off_points = multi_sentence_cut_off_points(loader.dataset)
         texts, videos, masks, broken = encode_test_set(model, loader, device, autocast, cut_off_points)
+        num_videos = sum(len(v) for v in videos)
+        check_broken_share(broken, num_videos, args.allow_blank_videos)
         sim = similarity_matrix(model, texts, videos, masks, autocast)
-        logger.info("similarity matrix %d x %d; %d broken video(s) replaced by blank clips", *sim.shape, broken)
+        if not np.isfinite(sim).all():
+            raise NonFiniteEvaluation(f"the similarity matrix holds {int((~np.isfinite(sim)).sum())} non-finite "
+                                      "entries (diverged weights?); nothing is written")
+        logger.info("similarity matrix %d x %d", *sim.shape)
         if args.camoe_dsl:
             sim = dual_softmax(sim)
         metrics = retrieval_metrics(sim, cut_off_points)
-        log_metrics(metrics)
+        log_metrics(metrics, broken, num_videos)
         np.save(os.path.join(args.output_dir, "sim_matrix.npy"), sim)
-        write_metrics(metrics, args.output_dir, epoch)
+        write_metrics(metrics, args.output_dir, epoch, broken)
         return metrics
 
     @torch.no_grad()
@@ -140,12 +145,13 @@ class RetrievalTask:
         return count / seconds
 
 
-def write_metrics(metrics, output_dir, epoch):
-    """`metrics.json` (this evaluation) and one line of `results.jsonl` (every evaluation of the run)."""
+def write_metrics(metrics, output_dir, epoch, broken):
+    """`metrics.json` (this evaluation) and one line of `results.jsonl` (every evaluation of the run,
+    with its count of broken videos)."""
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     with open(os.path.join(output_dir, "results.jsonl"), "a") as f:
-        f.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
+        f.write(json.dumps({"epoch": epoch, **metrics, "broken_videos": broken}) + "\n")
 
 
 def encode_test_set(model, loader, device, autocast, cut_off_points):
@@ -182,9 +188,10 @@ def similarity_matrix(model, texts, videos, masks, autocast):
     return torch.cat(rows).cpu().numpy()
 
 
-def log_metrics(metrics):
+def log_metrics(metrics, broken, num_videos):
     for direction, title, prefix in (("t2v", "Text-to-Video", ""), ("v2t", "Video-to-Text", "V2T$")):
         m = metrics[direction]
         logger.info("%s:", title)
-        logger.info("\t>>>  %sR@1: %.1f - %sR@5: %.1f - %sR@10: %.1f - %sMedian R: %.1f - %sMean R: %.1f",
-                    prefix, m["R1"], prefix, m["R5"], prefix, m["R10"], prefix, m["MR"], prefix, m["MeanR"])
+        logger.info("\t>>>  %sR@1: %.1f - %sR@5: %.1f - %sR@10: %.1f - %sMedian R: %.1f - %sMean R: %.1f "
+                    "(broken videos: %d of %d)", prefix, m["R1"], prefix, m["R5"], prefix, m["R10"], prefix,
+                    m["MR"], prefix, m["MeanR"], broken, num_videos)
