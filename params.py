@@ -18,8 +18,10 @@ from modules.factory import cluster_specs_from_args
 from modules.precision import PRECISIONS
 from modules.retrieval import SIM_HEADERS
 from modules.tasks import TASK_TYPES
+from modules.tasks.xclip_config import flag_defaults, load_config
 
-DATATYPES = tuple(DATALOADERS)
+# --task_type -> its --datatype names.
+DATATYPES = {"retrieval": tuple(DATALOADERS), "recognition": ("video_list",)}
 # Names of modules that are new relative to CLIP although they live under `clip.`: they train at
 # `lr`, not `lr * coef_lr`. The cluster tables are among them (SPEC §7).
 NEW_ADDED_MODULES = ("time_embedding", "frame_embedding", "deepcluster", "tokencluster_inter")
@@ -44,7 +46,9 @@ def add_data_args(parser):
     parser.add_argument("--data_path", type=str, default="data/caption.pickle", help="annotation file or folder")
     parser.add_argument("--features_path", type=str, default="data/videos_feature.pickle", help="video folder")
     parser.add_argument("--num_thread_reader", type=int, default=1, help="data-loader workers per process")
-    parser.add_argument("--datatype", type=str, default="msrvtt", help=f"dataset, one of {', '.join(DATATYPES)}")
+    parser.add_argument("--datatype", type=str, default="msrvtt",
+                        help=f"retrieval dataset, one of {', '.join(DATATYPES['retrieval'])}; "
+                             f"recognition: {', '.join(DATATYPES['recognition'])}")
     parser.add_argument("--max_words", type=int, default=20, help="caption length in tokens, start/end included")
     parser.add_argument("--max_frames", type=int, default=100, help="frames sampled per video (T)")
     parser.add_argument("--feature_framerate", type=int, default=1, help="accepted; videos are pre-compressed")
@@ -177,13 +181,44 @@ def add_distributed_args(parser):
     parser.add_argument("--data_loaded", type=int, default=0, help="unused")
 
 
+def add_recognition_args(parser):
+    group = parser.add_argument_group("video recognition (X-CLIP, --task_type recognition)")
+    group.add_argument("--config", type=str, default=None,
+                       help="an X-CLIP YAML config (e.g. configs/k400/32_8.yaml): its values become defaults, "
+                            "flags given here win; implies --task_type recognition")
+    group.add_argument("--opts", nargs="+", default=None, metavar="KEY VALUE",
+                       help="override config keys, e.g. --opts TEST.NUM_CLIP 4 TEST.NUM_CROP 3")
+    group.add_argument("--train_list", type=str, default=None, help="training list file: `relative/path label`")
+    group.add_argument("--val_list", type=str, default=None, help="validation list file: `relative/path label`")
+    group.add_argument("--labels_csv", type=str, default=None,
+                       help="class names, a CSV with header id,name (class index = row order)")
+    group.add_argument("--num_clips", type=int, default=1, help="clips per video at evaluation (views)")
+    group.add_argument("--num_crops", type=int, default=1, choices=[1, 3], help="crops per clip at evaluation")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(description="CenterCLIP: text-video retrieval with token clustering",
+    parser = argparse.ArgumentParser(description="CLIP video models: text-video retrieval with token clustering "
+                                                 "(CenterCLIP) and video recognition (X-CLIP)",
                                      usage="%(prog)s --output_dir DIR [flags]  (--help lists every flag)")
     for add in (add_run_args, add_data_args, add_optim_args, add_model_args, add_cluster_args,
-                add_distributed_args):
+                add_distributed_args, add_recognition_args):
         add(parser)
     return parser
+
+
+def recognition_defaults(argv):
+    """X-CLIP's defaults, with its --config file and --opts merged, when the run is a recognition run
+    (--task_type recognition or a --config); else {}."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task_type", default="retrieval")
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--opts", nargs="+", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.task_type != "recognition" and known.config is None:
+        return {}
+    config = load_config(known.config, known.opts)
+    return {"task_type": "recognition", "datatype": "video_list", "batch_size_val": 2,
+            **flag_defaults(config)}
 
 
 def check_schedule(args):
@@ -237,8 +272,10 @@ def check_args(args):
     """Raise ValueError naming the flag and the fix for every combination that cannot run."""
     if not args.do_train and not args.do_eval:
         raise ValueError("--do_train 0 and --do_eval 0: nothing to do; pass --do_train 1 or --do_eval 1")
-    if args.datatype not in DATATYPES:
-        raise ValueError(f"--datatype {args.datatype} is unknown; choose one of {', '.join(DATATYPES)}")
+    datatypes = DATATYPES[args.task_type]
+    if args.datatype not in datatypes:
+        raise ValueError(f"--datatype {args.datatype} is not a {args.task_type} dataset; choose one of "
+                         f"{', '.join(datatypes)}")
     if args.pretrained_clip_name not in MODEL_CONFIGS:
         raise ValueError(f"--pretrained_clip_name {args.pretrained_clip_name} is unknown; choose one of "
                          f"{', '.join(MODEL_CONFIGS)}")
@@ -247,7 +284,7 @@ def check_args(args):
                          "implemented; use --cluster_inter 1 with --cluster_algo instead")
     if args.gradient_accumulation_steps < 1:
         raise ValueError(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
-    if args.batch_size % args.gradient_accumulation_steps != 0:
+    if args.task_type == "retrieval" and args.batch_size % args.gradient_accumulation_steps != 0:
         raise ValueError(f"--batch_size {args.batch_size} is not divisible by --gradient_accumulation_steps "
                          f"{args.gradient_accumulation_steps}")
     for flag in ("max_frames", "batch_size", "batch_size_val", "epochs"):
@@ -256,6 +293,24 @@ def check_args(args):
     check_ranges(args)
     if args.cluster_inter:
         check_schedule(args)
+    if args.task_type == "recognition":
+        check_recognition(args)
+
+
+def check_recognition(args):
+    """X-CLIP runs: eval-only for now, with a list file, a labels CSV and no token clustering."""
+    if args.do_train:
+        raise ValueError("--task_type recognition trains in a later version; evaluate with --do_train 0 --do_eval 1")
+    for flag in ("val_list", "labels_csv"):
+        if not getattr(args, flag):
+            raise ValueError(f"--task_type recognition needs --{flag} (or its key in --config)")
+    if args.num_clips < 1:
+        raise ValueError(f"--num_clips must be >= 1, got {args.num_clips}")
+    if args.num_crops not in (1, 3):
+        raise ValueError(f"--num_crops must be 1 or 3 (X-CLIP's one centre crop or three crops), got {args.num_crops}")
+    if args.cluster_inter or args.inference_speed_test:
+        flag = "--cluster_inter" if args.cluster_inter else "--inference_speed_test"
+        raise ValueError(f"{flag} is a retrieval option; X-CLIP recognition does not take it")
 
 
 def warn_unused_schedule(args):
@@ -271,16 +326,18 @@ def get_args(argv=None):
     A bad combination exits with status 2 and a message naming the flag (argparse's `error`).
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        parser.set_defaults(**{"xclip_config": None, **recognition_defaults(argv)})
+        args = parser.parse_args(argv)
         check_args(args)
     except ValueError as err:
         parser.error(str(err))
     warn_unused_schedule(args)
     if args.sim_header == "tightTransf":
         args.loose_type = False
-    # As the original: --batch_size is the batch of one optimizer step, split into micro-batches.
-    args.batch_size = args.batch_size // args.gradient_accumulation_steps
+    if args.task_type == "retrieval":
+        # As the original: --batch_size is the batch of one optimizer step, split into micro-batches.
+        args.batch_size = args.batch_size // args.gradient_accumulation_steps
     args.log_level = logging.DEBUG if args.debug else logging.INFO
     args.new_added_modules = list(NEW_ADDED_MODULES)
     return args
