@@ -6,7 +6,8 @@ towers are batch-first: `[rows, tokens, width]`.
 
 Each residual block has an optional `tokencluster_inter` module (None by default): the image
 tower's token-clustering hook. The block calls it on its input before attention and calls its
-`post_attention` after the attention residual (see `ResidualAttentionBlock.forward`).
+`post_attention` after the attention residual, in the block's `before_attention` /
+`after_attention` steps, which per-block extensions (X-CLIP's cross-frame block) override.
 """
 import hashlib
 import math
@@ -111,15 +112,26 @@ class ResidualAttentionBlock(nn.Module):
         ]))
         self.ln_2 = LayerNorm(width)
         self.tokencluster_inter = None  # token-clustering hook, set by VisionTransformer.set_block_hooks
+        self.drop_path = nn.Identity()  # stochastic depth on the residual branches (X-CLIP's blocks set it)
 
-    def forward(self, x, attn_mask=None):
-        """x [rows, tokens, W] -> [rows', tokens', W]; the hook may change rows and tokens."""
+    def before_attention(self, x):
+        """Per-block extension point before attention (subclasses extend it): the clustering hook."""
         if self.tokencluster_inter is not None:
             x = self.tokencluster_inter(x)
-        x = x + self.attn(self.ln_1(x), attn_mask)
+        return x
+
+    def after_attention(self, x):
+        """Per-block extension point after the attention residual: the clustering hook's second half."""
         if self.tokencluster_inter is not None:
             x = self.tokencluster_inter.post_attention(x)
-        return x + self.mlp(self.ln_2(x))
+        return x
+
+    def forward(self, x, attn_mask=None):
+        """x [rows, tokens, W] -> [rows', tokens', W]; the extension points may change rows and tokens."""
+        x = self.before_attention(x)
+        x = x + self.drop_path(self.attn(self.ln_1(x), attn_mask))
+        x = self.after_attention(x)
+        return x + self.drop_path(self.mlp(self.ln_2(x)))
 
 
 class Transformer(nn.Module):
@@ -155,14 +167,18 @@ class VisionTransformer(nn.Module):
         for block, hook in zip(self.transformer.resblocks, hooks):
             block.tokencluster_inter = hook
 
-    def forward(self, x, return_tokens=False):
-        """Frames [B·T, 3, H, W] -> features [rows, D] of token 0 (a frame, or a segment after
-        clustering), and with `return_tokens` also every token after ln_post and proj [rows, n, D]."""
+    def embed(self, x):
+        """Frames [B·T, 3, H, W] -> the blocks' input [B·T, 1 + g², W]: patches, [CLS], positions, ln_pre."""
         x = self.conv1(x.type(self.conv1.weight.dtype))  # (B·T, W, g, g)
         x = x.flatten(2).transpose(1, 2)  # (B·T, g², W)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B·T, 1, W)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B·T, 1 + g², W)
-        x = self.transformer(self.ln_pre(x))  # (rows, 1 + n, W)
+        return self.ln_pre(x)
+
+    def forward(self, x, return_tokens=False):
+        """Frames [B·T, 3, H, W] -> features [rows, D] of token 0 (a frame, or a segment after
+        clustering), and with `return_tokens` also every token after ln_post and proj [rows, n, D]."""
+        x = self.transformer(self.embed(x))  # (rows, 1 + n, W)
         if return_tokens:
             tokens = self.ln_post(x) @ self.proj  # (rows, 1 + n, D)
             return tokens[:, 0], tokens
@@ -172,11 +188,13 @@ class VisionTransformer(nn.Module):
 class CLIP(nn.Module):
     """OpenAI CLIP (ViT): `visual` image tower and, at the top level, the text tower."""
 
-    def __init__(self, config: CLIPConfig):
+    def __init__(self, config: CLIPConfig, visual=None):
+        """`visual` replaces the standard image tower (X-CLIP passes its cross-frame tower)."""
         super().__init__()
         self.config = config
-        self.visual = VisionTransformer(config.image_resolution, config.vision_patch_size, config.vision_width,
-                                        config.vision_layers, config.vision_heads, config.embed_dim)
+        self.visual = visual if visual is not None else VisionTransformer(
+            config.image_resolution, config.vision_patch_size, config.vision_width, config.vision_layers,
+            config.vision_heads, config.embed_dim)
         self.transformer = Transformer(config.transformer_width, config.transformer_layers,
                                        config.transformer_heads)
         self.token_embedding = nn.Embedding(config.vocab_size, config.transformer_width)
