@@ -59,10 +59,10 @@ def main(argv=None):
     model, checkpoint = task.build_model(args, device)
     if args.inference_speed_test:
         main_work.run(lambda: task.inference_speed_test(model, engine.evaluation_loader(task, args), device, args))
-    elif args.do_train:
-        engine.train(task, model, device, args, checkpoint, main_work)
-    else:
+    elif args.do_eval:  # with --do_train 1 too: evaluate once and stop, as the original
         main_work.run(lambda: task.evaluate(model, engine.evaluation_loader(task, args), device, args))
+    else:
+        engine.train(task, model, device, args, checkpoint, main_work)
     if du.is_distributed():
         dist.destroy_process_group()
 

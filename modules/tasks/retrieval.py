@@ -18,7 +18,6 @@ from modules.engine import NonFiniteEvaluation, check_broken_share, move_batch
 from modules.factory import build_retrieval_model
 from modules.metrics import dual_softmax, retrieval_metrics
 from modules.optim import build_optimizer, freeze_clip_layers, warmup_cosine
-from modules.precision import autocast_context
 from modules.tokenizer import SimpleTokenizer
 
 logger = logging.getLogger("centerclip")
@@ -112,14 +111,14 @@ class RetrievalTask:
     @torch.no_grad()
     def evaluate(self, model, loader, device, args, epoch=None):
         """Encode the test split, score every pair, write metrics.json and sim_matrix.npy, and append
-        the metrics to results.jsonl."""
+        the metrics to results.jsonl. No autocast: the original evaluates in fp32 whatever
+        --precision says (under `amp` its weights are fp32; `fp16` keeps its fp16 weights)."""
         model.eval()
-        autocast = autocast_context(args.precision, device)
         cut_off_points = multi_sentence_cut_off_points(loader.dataset)
-        texts, videos, masks, broken = encode_test_set(model, loader, device, autocast, cut_off_points)
+        texts, videos, masks, broken = encode_test_set(model, loader, device, cut_off_points)
         num_videos = sum(len(v) for v in videos)
         check_broken_share(broken, num_videos, args.allow_blank_videos)
-        sim = similarity_matrix(model, texts, videos, masks, autocast)
+        sim = similarity_matrix(model, texts, videos, masks)
         if not np.isfinite(sim).all():
             raise NonFiniteEvaluation(f"the similarity matrix holds {int((~np.isfinite(sim)).sum())} non-finite "
                                       "entries (diverged weights?); nothing is written")
@@ -137,8 +136,7 @@ class RetrievalTask:
         """Time the encoding of the whole test split (no similarity, no metrics)."""
         model.eval()
         start = time.time()
-        _, videos, _, _ = encode_test_set(model, loader, device, autocast_context(args.precision, device),
-                                          multi_sentence_cut_off_points(loader.dataset))
+        _, videos, _, _ = encode_test_set(model, loader, device, multi_sentence_cut_off_points(loader.dataset))
         seconds = time.time() - start
         count = sum(len(v) for v in videos)
         logger.info("inference speed: %d videos in %.2f s = %.2f videos/s", count, seconds, count / seconds)
@@ -154,23 +152,22 @@ def write_metrics(metrics, output_dir, epoch, broken):
         f.write(json.dumps({"epoch": epoch, **metrics, "broken_videos": broken}) + "\n")
 
 
-def encode_test_set(model, loader, device, autocast, cut_off_points):
+def encode_test_set(model, loader, device, cut_off_points):
     """Text features of every caption and video features of every video, batch by batch. In
     multi-sentence mode a video is encoded with the batch holding its last caption."""
     texts, videos, masks, offset, broken = [], [], [], 0, 0
     for batch in tqdm(loader, desc="encoding", disable=not du.is_main_process()):
         input_ids, _, _, video, video_mask = move_batch(batch, device)
-        with autocast():
-            texts.append(model.encode_text(input_ids))
-            if cut_off_points is not None:
-                rows = [i - offset for i in cut_off_points if offset <= i < offset + len(input_ids)]
-                offset += len(input_ids)
-                video, video_mask = video[rows], video_mask[rows]
-            if len(video):
-                broken += count_broken_videos(video_mask)
-                features, mask = model.encode_video(video, video_mask)
-                videos.append(features)
-                masks.append(mask)
+        texts.append(model.encode_text(input_ids))
+        if cut_off_points is not None:
+            rows = [i - offset for i in cut_off_points if offset <= i < offset + len(input_ids)]
+            offset += len(input_ids)
+            video, video_mask = video[rows], video_mask[rows]
+        if len(video):
+            broken += count_broken_videos(video_mask)
+            features, mask = model.encode_video(video, video_mask)
+            videos.append(features)
+            masks.append(mask)
     return texts, videos, masks, broken
 
 
@@ -179,12 +176,11 @@ def multi_sentence_cut_off_points(dataset):
     return dataset.cut_off_points if getattr(dataset, "multi_sentence_per_video", False) else None
 
 
-def similarity_matrix(model, texts, videos, masks, autocast):
+def similarity_matrix(model, texts, videos, masks):
     """[n_text, n_video] float32 logits (including exp(logit_scale)), block by block."""
     rows = []
     for text in texts:
-        with autocast():
-            rows.append(torch.cat([model.similarity(text, v, m).float() for v, m in zip(videos, masks)], dim=1))
+        rows.append(torch.cat([model.similarity(text, v, m).float() for v, m in zip(videos, masks)], dim=1))
     return torch.cat(rows).cpu().numpy()
 
 
