@@ -9,11 +9,19 @@ group. Frame i in presentation order is the packet with the i-th smallest pts, s
 frames are bit-identical to a full decode, which the decoded pts are checked against.
 When anything is doubtful the whole stream is decoded in order, as the original does.
 
+Memory: each sampled frame is converted (e.g. resized and cropped) as soon as the decoder
+returns it and every other frame is dropped at once, so a clip holds its T converted frames
+and at most a few decoded ones (the decoder's own delay), whatever the video's resolution and
+group-of-pictures length.
+
 Decoding restarts only at "restart points": keyframes such that every packet before them
 in decode order shows earlier and every packet from them on shows later. Open-GOP
 keyframes, whose leading pictures reference the previous group, fail this test and are
 never used, so a restart cannot change a frame.
 """
+from contextlib import closing
+from functools import partial
+
 import av
 import numpy as np
 
@@ -95,35 +103,36 @@ class PacketIndex:
         return [tuple(r) for r in ranges]
 
     def decode(self, codec_context, wanted):
-        """Decode the frames at presentation indices ``wanted``.
+        """Decode the groups of pictures that hold the presentation indices ``wanted``.
 
-        Returns:
-            dict presentation index -> ``av.VideoFrame`` covering every wanted index.
+        Yields:
+            (presentation index, ``av.VideoFrame``) for every frame decoded, in output order,
+            each checked against the packet index before it is yielded.
         Raises:
             _PlanMismatch: the decoder did not return the predicted frames.
         """
-        wanted_set = set(int(i) for i in wanted)
-        frames = {}
         for start, stop in self.plan(wanted):
             expected = np.sort(np.array([p.pts for p in self.packets[start:stop]], dtype=np.int64))
-            got = _decode_packets(codec_context, self.packets[start:stop])
-            if [f.pts for f in got] != expected.tolist():
-                raise _PlanMismatch(f"packets {start}:{stop} decoded to unexpected frames")
-            for frame in got:
-                index = int(np.searchsorted(self.sorted_pts, frame.pts))
-                if index in wanted_set:
-                    frames[index] = frame
-        return frames
+            count = 0
+            with closing(_decode_packets(codec_context, self.packets[start:stop])) as frames:
+                for frame in frames:
+                    if count == len(expected) or frame.pts != expected[count]:
+                        raise _PlanMismatch(f"packets {start}:{stop} decoded to unexpected frames")
+                    count += 1
+                    yield int(np.searchsorted(self.sorted_pts, frame.pts)), frame
+            if count != len(expected):
+                raise _PlanMismatch(f"packets {start}:{stop} gave {count} of {len(expected)} frames")
 
 
 def _decode_packets(codec_context, packets):
-    """Feed ``packets`` to the decoder, drain it and reset it; returns the frames in output order."""
-    frames = []
-    for packet in packets:
-        frames.extend(codec_context.decode(packet))
-    frames.extend(codec_context.decode(None))
-    codec_context.flush_buffers()
-    return frames
+    """Yield the frames of ``packets`` in output order, then drain and reset the decoder (also
+    when the caller stops early)."""
+    try:
+        for packet in packets:
+            yield from codec_context.decode(packet)
+        yield from codec_context.decode(None)
+    finally:
+        codec_context.flush_buffers()
 
 
 def _demux(container, stream):
@@ -143,37 +152,85 @@ def _frame_rate(stream):
     return float(rate)
 
 
-def _choose(total, header_frames, num_segments, train, window, stream, rng):
-    """Absolute frame indices [T] and the number of frames they were sampled from."""
+def _choose(total, header_frames, sampler, window, stream):
+    """Absolute frame indices [K] (``sampler`` applied to the window) and the number of frames
+    they were sampled from."""
     first, stop = 0, total
     if window is not None:
         first, stop = window_range(window[0], window[1], _frame_rate(stream), header_frames, total)
     num_frames = clip_length(stop - first, header_frames)
     if num_frames <= 0:
         raise VideoDecodeError("the video (or its time window) has no frames")
-    return sample_indices(num_frames, num_segments, train, rng) + first, num_frames
+    indices = np.asarray(sampler(num_frames), dtype=np.int64)
+    if indices.ndim != 1 or indices.size == 0 or indices.min() < 0 or indices.max() >= num_frames:
+        raise ValueError(f"the sampler gave indices {indices} for {num_frames} frames")
+    return indices + first, num_frames
 
 
-def _to_rgb_stack(frames, indices):
-    """uint8 [T, H, W, 3] RGB of ``frames[i]`` for i in ``indices`` (each frame converted once)."""
-    rgb = {}
-    for i in indices.tolist():
-        if i not in rgb:
-            rgb[i] = frames[i].to_rgb().to_ndarray()
-    if len({a.shape for a in rgb.values()}) != 1:
-        raise VideoDecodeError("the sampled frames differ in size")
-    return np.stack([rgb[i] for i in indices.tolist()])
+def _convert_wanted(pairs, wanted, convert):
+    """Convert the frames whose index is in ``wanted``, each as soon as it arrives.
+
+    Args:
+        pairs: iterable of (index, ``av.VideoFrame``).
+        wanted: set of indices.
+        convert: uint8 [H, W, 3] RGB -> anything.
+    Returns:
+        (dict index -> converted frame, number of pairs seen).
+    """
+    converted, size, seen = {}, None, 0
+    for index, frame in pairs:
+        seen += 1
+        if index not in wanted:
+            continue
+        if size is not None and size != (frame.height, frame.width):
+            raise VideoDecodeError("the sampled frames differ in size")
+        size = (frame.height, frame.width)
+        converted[index] = convert(frame.to_rgb().to_ndarray())
+    return converted, seen
 
 
-def read_frames(source, num_segments, train, window=None, rng=None, thread_type="SLICE", seek=True):
-    """Sample T frames of the first video stream of ``source``.
+def _decode_in_order(codec_context, packets, choose, convert):
+    """Decode the whole stream in order, as the original does, keeping only the sampled frames.
+
+    The sampled indices depend on the number of decoded frames, known only at the end. They are
+    chosen first for one frame per packet (true for any undamaged stream) and kept while
+    decoding; if the decoder returns another count, the stream is decoded a second time with
+    the indices for that count (then a random sampler draws twice).
+
+    Returns:
+        (dict index -> converted frame, (indices [K], num_frames)).
+    """
+    try:
+        guess = choose(len(packets))
+    except VideoDecodeError:
+        guess = None
+    wanted = set(guess[0].tolist()) if guess is not None else set()
+    with closing(_decode_packets(codec_context, packets)) as frames:
+        converted, count = _convert_wanted(enumerate(frames), wanted, convert)
+    if guess is not None and count == len(packets):
+        return converted, guess
+    indices, num_frames = choose(count)
+    with closing(_decode_packets(codec_context, packets)) as frames:
+        converted, _ = _convert_wanted(enumerate(frames), set(indices.tolist()), convert)
+    return converted, (indices, num_frames)
+
+
+def _unchanged(frame):
+    return frame
+
+
+def decode_clip(source, sampler, convert=None, window=None, thread_type="SLICE", seek=True):
+    """Decode the frames a sampling rule picks from the first video stream of ``source``.
 
     Args:
         source: a file path or a binary file-like object (e.g. ``io.BytesIO`` of LMDB bytes).
-        num_segments: T.
-        train: TSN sampling when True, uniform sampling otherwise.
-        window: optional (start_seconds, end_seconds).
-        rng: ``np.random.RandomState`` or None for numpy's global RNG (training sampling).
+        sampler: the frame-index rule, a callable N -> int array [K] of indices in [0, N)
+            (any K >= 1, repeats allowed), called once N is known, e.g.
+            ``partial(sampling.xclip_view_indices, num_segments=8, num_clips=2)``.
+        convert: applied to each distinct sampled frame (uint8 [H, W, 3] RGB at stored size) as
+            soon as it is decoded, e.g. a resize and crop, so the clip never holds full-size
+            frames; None keeps the RGB frames.
+        window: optional (start_seconds, end_seconds); indices are then relative to the window.
         thread_type: FFmpeg threading: "SLICE" (PyAV's default; x264 files have one slice per
             frame, so this decodes on one thread), "FRAME" or "AUTO" (frame threading). On
             224-pixel frames frame threading measured slower (benchmarks/bench_decode.py):
@@ -181,29 +238,47 @@ def read_frames(source, num_segments, train, window=None, rng=None, thread_type=
             pipeline is drained after every group of pictures.
         seek: decode only the needed groups of pictures when the packets allow it.
     Returns:
-        (frames, num_frames): uint8 [T, H, W, 3] RGB frames at stored size, and the number of
-        frames (of the window) sampled from, so the valid length is ``min(num_frames, T)``.
+        (frames, num_frames): a list of K converted frames, ``frames[k]`` for the k-th sampled
+        index (a repeated index repeats the same object), and the number of frames (of the
+        window) sampled from.
     Raises:
         av.FFmpegError, OSError, VideoDecodeError for videos that cannot be read.
     """
+    convert = _unchanged if convert is None else convert
     with av.open(source) as container:
         if not container.streams.video:
             raise VideoDecodeError("no video stream")
         stream = container.streams.video[0]
         stream.thread_type = thread_type
         header_frames = stream.frames
+        choose = partial(_choose, header_frames=header_frames, sampler=sampler, window=window,
+                         stream=stream)
         packets = _demux(container, stream)
         if seek and PacketIndex.is_trustworthy(packets, header_frames):
             index = PacketIndex(packets)
             if index.restarts.size and index.restarts[0] == 0:
-                indices, num_frames = _choose(index.num_frames, header_frames, num_segments,
-                                              train, window, stream, rng)
+                indices, num_frames = choose(index.num_frames)
                 try:
-                    decoded = index.decode(stream.codec_context, indices)
-                    return _to_rgb_stack(decoded, indices), num_frames
+                    pairs = index.decode(stream.codec_context, indices)
+                    converted, _ = _convert_wanted(pairs, set(indices.tolist()), convert)
+                    return [converted[i] for i in indices.tolist()], num_frames
                 except _PlanMismatch:
                     pass  # fall through to the sequential decode, which defines the answer
-        frames = _decode_packets(stream.codec_context, packets)
-        indices, num_frames = _choose(len(frames), header_frames, num_segments, train, window,
-                                      stream, rng)
-        return _to_rgb_stack(frames, indices), num_frames
+        converted, (indices, num_frames) = _decode_in_order(stream.codec_context, packets, choose,
+                                                            convert)
+        return [converted[i] for i in indices.tolist()], num_frames
+
+
+def read_frames(source, num_segments, train, window=None, rng=None, thread_type="SLICE", seek=True):
+    """Retrieval's T frames (SPEC §5) at stored size: ``decode_clip`` with TSN sampling when
+    ``train`` (``rng``: a ``np.random.RandomState`` or None for numpy's global RNG), uniform
+    sampling otherwise.
+
+    Returns:
+        (frames, num_frames): uint8 [T, H, W, 3] RGB frames and the number of frames (of the
+        window) sampled from, so the valid length is ``min(num_frames, T)``.
+    """
+    sampler = partial(sample_indices, num_segments=num_segments, train=train, rng=rng)
+    frames, num_frames = decode_clip(source, sampler, window=window, thread_type=thread_type,
+                                     seek=seek)
+    return np.stack(frames), num_frames

@@ -1,11 +1,14 @@
 """``--datatype`` -> DataLoader builders.
 
-Every builder takes ``(args, tokenizer)``. ``train`` returns ``(DataLoader, length, sampler)``
+Retrieval (``DATALOADERS``): every builder takes ``(args, tokenizer)``. ``train`` returns ``(DataLoader, length, sampler)``
 (sampler: a ``DistributedSampler`` under DDP, else None); ``val`` and ``test`` return
 ``(DataLoader, length)``. ``test`` is the split evaluated after every epoch; ``val`` is None
 where the dataset has no separate validation split (MSR-VTT, ActivityNet).
+
+Recognition (``RECOGNITION_EVAL_LOADERS``): the evaluation loader builder of each datatype,
+called with explicit keyword arguments (``video_list.build_recognition_eval_loader``).
 """
-from . import activity, demo, didemo, lsmdc, msrvtt, msvd
+from . import activity, demo, didemo, lsmdc, msrvtt, msvd, video_list
 from .loaders import make_eval_loader, make_train_loader
 
 DATALOADERS = {}
@@ -33,3 +36,5 @@ register("lsmdc", lsmdc.build_dataset, val_split="val")
 register("activity", activity.build_dataset, test_split="val")  # ActivityNet is evaluated on val_1
 register("didemo", didemo.build_dataset, val_split="val")
 register("demo", demo.build_dataset)
+
+RECOGNITION_EVAL_LOADERS = {"video_list": video_list.build_recognition_eval_loader}

@@ -1,4 +1,9 @@
-"""Which frames of a video become the T frames of a clip (SPEC §5).
+"""Which frames of a video become the T frames of a clip: retrieval (SPEC §5) and X-CLIP
+recognition (XCLIP_SPEC §3.3).
+
+Every rule here is a function of the number of frames N; ``decode.decode_clip`` takes such a
+rule (e.g. ``functools.partial(xclip_view_indices, num_segments=8, num_clips=2)``) and calls it
+once the video's N is known.
 
 Randomness: training sampling draws from numpy's legacy global RNG (``np.random``), as the
 original does, unless a ``np.random.RandomState`` is passed. PyTorch's DataLoader reseeds
@@ -51,6 +56,60 @@ def sample_indices(num_frames, num_segments, train, rng=None):
     if train:
         return tsn_indices(num_frames, num_segments, rng)
     return uniform_indices(num_frames, num_segments)
+
+
+def xclip_test_indices(num_frames, num_segments):
+    """X-CLIP's evaluation rule for one clip: the centre of each of T equal segments.
+
+    ``index_t = floor(t * a + a / 2)`` with ``a = N / T`` (float), taken mod N; short videos
+    repeat frames (N = 3, T = 8 -> 0 0 0 1 1 2 2 2). N = 0 gives zeros.
+
+    Returns:
+        int64 array [T].
+    """
+    return xclip_view_indices(num_frames, num_segments, 1)
+
+
+def xclip_view_indices(num_frames, num_segments, num_clips):
+    """Deterministic multi-view sampling (XCLIP_SPEC §3.3 FIX): C clips of T frames.
+
+    Clip j takes ``index_{j,t} = floor(t * a + (2j + 1) * a / (2C))``, ``a = N / T``, in float64
+    and in exactly this order (t * a; (2j + 1) * a, then / (2C); then the sum), taken mod N.
+    The original draws C random training clips instead, which cannot be reproduced. C = 1 is
+    ``xclip_test_indices``.
+
+    Returns:
+        int64 array [C * T]: clip 0's T indices, then clip 1's, ...
+    """
+    if num_frames <= 0:
+        return np.zeros(num_clips * num_segments, dtype=np.int64)
+    a = num_frames / float(num_segments)
+    t = np.arange(num_segments, dtype=np.float64)
+    shifts = (2 * np.arange(num_clips, dtype=np.float64) + 1) * a / (2 * num_clips)  # (C,)
+    indices = np.floor(t[None, :] * a + shifts[:, None]).astype(np.int64)  # (C, T)
+    return np.mod(indices, num_frames).reshape(-1)
+
+
+def xclip_train_indices(num_frames, num_segments, rng=None):
+    """X-CLIP's training rule (XCLIP_SPEC §3.3), one clip of T frames.
+
+    ``a = N // T``. When a > 0 each segment gives ``t * a + r_t``, r_t uniform in 0..a-1 (one
+    ``randint(a, size=T)`` call on numpy's global RNG unless ``rng`` is given). When N < T the
+    indices are deterministic: ``round_half_even(t * N / T)`` (N = 5, T = 8 -> 0 1 1 2 2 3 4 4).
+    Taken mod N; N = 0 gives zeros.
+
+    Returns:
+        int64 array [T].
+    """
+    if num_frames <= 0:
+        return np.zeros(num_segments, dtype=np.int64)
+    rng = np.random if rng is None else rng
+    a = num_frames // num_segments
+    if a > 0:
+        indices = np.arange(num_segments) * a + rng.randint(a, size=num_segments)
+    else:
+        indices = np.around(np.arange(num_segments) * (num_frames / float(num_segments)))
+    return np.mod(indices.astype(np.int64), num_frames)
 
 
 def window_range(start_time, end_time, fps, header_frames, decoded_frames):

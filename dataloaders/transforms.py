@@ -40,6 +40,33 @@ def resize_and_crop(frames, size):
     return x[:, :, top:top + size, left:left + size]
 
 
+def crop_frame(frame, size):
+    """One decoded frame to its uint8 crop, the per-frame form of ``resize_and_crop`` that
+    ``decode.decode_clip`` applies as frames are decoded (so no full-size frame is kept).
+
+    The bicubic filter works on a float32 copy of its input (4 bytes per value, 400 MB for a
+    7680x4320 frame); resizing one channel at a time keeps that copy to a third, and every
+    channel is filtered alone anyway, so the result is the same to the bit.
+
+    Args:
+        frame: uint8 numpy array [H, W, 3] (RGB).
+    Returns:
+        uint8 tensor [3, size, size] that owns its memory (no view of the frame).
+    """
+    channels = [resize_and_crop(frame[None, :, :, c:c + 1], size)[0] for c in range(3)]  # 3 x (1, S, S)
+    return torch.cat(channels)
+
+
+def normalise_crops(crops):
+    """uint8 tensor [T, 3, S, S] -> float32 [T, 3, S, S]: scaled to [0, 1] and normalised with
+    CLIP's statistics."""
+    # Every step is element-wise, so it commutes with the crop done before.
+    x = crops.float().div_(255.0)
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(-1, 1, 1)
+    return x.sub_(mean).div_(std).contiguous()
+
+
 def frames_to_clip(frames, size=224):
     """Resize (when needed), centre-crop, scale to [0, 1] and normalise with CLIP's statistics.
 
@@ -49,8 +76,4 @@ def frames_to_clip(frames, size=224):
     Returns:
         float32 tensor [T, 3, size, size].
     """
-    # Cropping before the float conversion is exact: every later step is element-wise.
-    x = resize_and_crop(frames, size).float().div_(255.0)
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(-1, 1, 1)
-    return x.sub_(mean).div_(std).contiguous()
+    return normalise_crops(resize_and_crop(frames, size))

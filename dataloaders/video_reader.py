@@ -7,15 +7,16 @@ so an epoch never stops for it. ``count_broken_videos`` counts such clips in a b
 import io
 import logging
 import os
+from functools import partial
 
 import av
 import lmdb
 import numpy as np
 import torch
 
-from .decode import VideoDecodeError, read_frames
-from .sampling import valid_length
-from .transforms import frames_to_clip
+from .decode import VideoDecodeError, decode_clip
+from .sampling import sample_indices, valid_length
+from .transforms import crop_frame, normalise_crops
 
 logger = logging.getLogger(__name__)
 
@@ -109,16 +110,27 @@ class VideoReader:
                 all 0 for a broken video.
         """
         video, mask = self.blank()
-        try:
-            frames, num_frames = read_frames(self._source(path), self.max_frames, self.train,
-                                             window=window, thread_type=self.thread_type,
-                                             seek=self.seek)
-        except BROKEN_VIDEO_ERRORS as error:
-            self._report(path, error)
+        sampler = partial(sample_indices, num_segments=self.max_frames, train=self.train)
+        decoded = self.decode(path, sampler, partial(crop_frame, size=self.image_size), window)
+        if decoded is None:
             return video, mask
-        video[0] = frames_to_clip(frames, self.image_size)
+        crops, num_frames = decoded
+        video[0] = normalise_crops(torch.stack(crops))
         mask[0, :valid_length(num_frames, self.max_frames)] = 1
         return video, mask
+
+    def decode(self, path, sampler, convert, window=None):
+        """``decode.decode_clip`` of one video with this reader's source and settings.
+
+        Returns:
+            (frames, num_frames) as ``decode_clip``, or None for a broken video (logged once).
+        """
+        try:
+            return decode_clip(self._source(path), sampler, convert, window=window,
+                               thread_type=self.thread_type, seek=self.seek)
+        except BROKEN_VIDEO_ERRORS as error:
+            self._report(path, error)
+            return None
 
     def blank(self):
         """A blank clip: zeros [1, T, 3, S, S] and an all-zero mask [1, T]."""

@@ -117,3 +117,27 @@ def stream_frame_count(path):
     """``stream.frames`` of the first video stream."""
     with av.open(os.fspath(path)) as container:
         return container.streams.video[0].frames
+
+
+def write_large_video(path, num_frames, width, height, fps=3, keyint=12):
+    """An H.264 video of large frames, drawn and encoded one at a time (little memory): a
+    horizontal gradient with a bright square that moves every frame.
+
+    Returns:
+        path.
+    """
+    gradient = np.linspace(0, 255, width, dtype=np.float32).astype(np.uint8)
+    with av.open(path, "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = keyint
+        stream.codec_context.options = {"preset": "ultrafast"}
+        side = min(width, height) // 4
+        for t in range(num_frames):
+            image = np.empty((height, width, 3), dtype=np.uint8)
+            image[:] = gradient[None, :, None]
+            left = (t * side // 2) % (width - side)
+            image[side:2 * side, left:left + side] = (250, 40, 90)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    return path
