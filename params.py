@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from dataloaders import DATALOADERS
+from dataloaders import DATALOADERS, RECOGNITION_EVAL_LOADERS
 from modules.clip import MODEL_CONFIGS
 from modules.cluster.distance import DISTANCES
 from modules.cluster.schedule import ALGORITHMS
@@ -21,7 +21,7 @@ from modules.tasks import TASK_TYPES
 from modules.tasks.xclip_config import flag_defaults, load_config
 
 # --task_type -> its --datatype names.
-DATATYPES = {"retrieval": tuple(DATALOADERS), "recognition": ("video_list",)}
+DATATYPES = {"retrieval": tuple(DATALOADERS), "recognition": tuple(RECOGNITION_EVAL_LOADERS)}
 # Names of modules that are new relative to CLIP although they live under `clip.`: they train at
 # `lr`, not `lr * coef_lr`. The cluster tables are among them (SPEC §7).
 NEW_ADDED_MODULES = ("time_embedding", "frame_embedding", "deepcluster", "tokencluster_inter")

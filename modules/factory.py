@@ -8,6 +8,7 @@ from modules.clip import SCRATCH_MODELS, build_clip, load_clip_state_dict, rando
 from modules.cluster.schedule import build_cluster_specs, chunk_size_for
 from modules.cluster.token_cluster import build_token_clusters
 from modules.retrieval import RetrievalModel
+from modules.xclip import build_xclip, build_xclip_from_checkpoint, load_xclip_weights
 
 logger = logging.getLogger(__name__)
 
@@ -75,4 +76,23 @@ def build_retrieval_model(args):
         load_model_weights(model, read_checkpoint(args.init_model))
     if checkpoint is not None:
         load_model_weights(model, checkpoint)
+    return model, checkpoint
+
+
+def build_recognition_model(args):
+    """X-CLIP with the sizes and weights of --resume when given (no CLIP file needed), else built from
+    CLIP's weights at the original's initialisation; then --init_model's weights. Sets
+    `args.image_resolution` (the frames' side) from the model. Returns (model, checkpoint or None)."""
+    checkpoint = read_checkpoint(resume_path(args)) if args.resume else None
+    if checkpoint is not None:
+        model = build_xclip_from_checkpoint(checkpoint, args.max_frames)
+    else:
+        model = build_xclip(clip_weights(args, None), args.max_frames, seed=args.seed)
+    if args.init_model:
+        load_xclip_weights(model, read_checkpoint(args.init_model))
+    args.image_resolution = model.config.image_resolution
+    configured = (args.xclip_config or {}).get("DATA.INPUT_SIZE", args.image_resolution)
+    if configured != args.image_resolution:
+        raise ValueError(f"DATA.INPUT_SIZE is {configured} but {args.pretrained_clip_name} takes "
+                         f"{args.image_resolution}-pixel frames")
     return model, checkpoint
