@@ -248,3 +248,12 @@ def test_temporaries_of_live_processes_are_kept(tmp_path):
     live.write_bytes(b"being written by another process")
     save_checkpoint({"epoch": 1}, path)
     assert live.exists()
+
+
+def test_unreadable_sidecar_is_named(tmp_path):
+    path = str(tmp_path / "ckpt.pth.tar")
+    save_checkpoint({"epoch": 1}, path)
+    with open(sidecar_path(path), "w") as f:
+        f.write("not a digest\n")
+    with pytest.raises(IntegrityError, match=f"{sidecar_path(path)} is not a `sha256sum` line"):
+        read_checkpoint(path)
