@@ -33,9 +33,9 @@ def sidecar_path(path):
     return path + SIDECAR_SUFFIX
 
 
-def temporary_path(path, pid=None):
-    """``<path>.tmp<pid>``: where this process (or ``pid``) writes ``path`` before renaming it."""
-    return f"{path}.tmp{os.getpid() if pid is None else pid}"
+def temporary_path(path):
+    """``<path>.tmp<pid>``: where this process writes ``path`` before renaming it."""
+    return f"{path}.tmp{os.getpid()}"
 
 
 def sha256_file(path):
