@@ -2,7 +2,7 @@
 import math
 import os
 
-from .annotations import malformed, read_json
+from .annotations import malformed, read_json, require_pairs
 from .base import Pair, RetrievalDataset, paragraph_window
 from .loaders import make_reader
 
@@ -36,7 +36,8 @@ def load_pairs(data_path, features_path, split):
     ids = read_json(id_file, IDS_FORMAT.format(name=ID_FILES[split]))
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise malformed(id_file, IDS_FORMAT.format(name=ID_FILES[split]), "not a list of strings")
-    paragraphs = read_paragraphs(os.path.join(data_path, CAPTION_FILES[split]), CAPTION_FILES[split])
+    caption_file = os.path.join(data_path, CAPTION_FILES[split])
+    paragraphs = read_paragraphs(caption_file, CAPTION_FILES[split])
     path_file = os.path.join(data_path, "video_path.json")
     relative = read_json(path_file, VIDEO_PATH_FORMAT)
     if not isinstance(relative, dict):
@@ -49,7 +50,8 @@ def load_pairs(data_path, features_path, split):
         text, duration = paragraphs[pseudo_id]
         window = paragraph_window(0, math.ceil(duration))
         pairs.append(Pair(os.path.join(features_path, relative[video_id]), (text,), window))
-    return pairs
+    return require_pairs(pairs, split, f"{id_file} (videos with captions in {caption_file} and listed in "
+                                       f"{path_file})")
 
 
 def build_dataset(args, tokenizer, split):

@@ -1,7 +1,7 @@
 """DiDeMo, paragraph-to-video retrieval over the first 31 seconds (SPEC §5)."""
 import os
 
-from .annotations import malformed, read_json, read_lines, video_files
+from .annotations import malformed, read_json, read_lines, require_pairs, video_files
 from .base import Pair, RetrievalDataset, paragraph_window
 from .loaders import lmdb_path, make_reader
 
@@ -46,12 +46,15 @@ def read_paragraphs(path, split, video_ids):
 def load_pairs(data_path, features_path, split, lmdb=None):
     """One paragraph per listed video that has descriptions and a file, in the order the
     videos first appear in the data json; the known missing videos are skipped."""
-    video_ids = read_lines(os.path.join(data_path, f"{split}_list.txt"), LIST_FORMAT.format(split=split))
+    list_file = os.path.join(data_path, f"{split}_list.txt")
+    video_ids = read_lines(list_file, LIST_FORMAT.format(split=split))
     video_ids = set(video_ids) - set(MISSING_VIDEOS)
     paragraphs = read_paragraphs(os.path.join(data_path, f"{split}_data.json"), split, video_ids)
     paths = find_videos(features_path, video_ids, lmdb)
     window = paragraph_window(*WINDOW)
-    return [Pair(paths[vid], (text,), window) for vid, text in paragraphs.items() if vid in paths]
+    pairs = [Pair(paths[vid], (text,), window) for vid, text in paragraphs.items() if vid in paths]
+    return require_pairs(pairs, split, f"{list_file} (videos described in {split}_data.json and found "
+                                       f"under --features_path or --lmdb_dataset)")
 
 
 def build_dataset(args, tokenizer, split):

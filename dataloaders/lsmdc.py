@@ -1,7 +1,7 @@
 """LSMDC: tab-separated clip annotations, videos located by video_path.json (SPEC §5)."""
 import os
 
-from .annotations import malformed, read_json, read_lines
+from .annotations import malformed, read_json, read_lines, require_pairs
 from .base import Pair, RetrievalDataset
 from .loaders import make_reader
 
@@ -28,13 +28,15 @@ def read_annotations(path):
 
 def load_pairs(data_path, features_path, split):
     """One pair per annotation line whose clip is listed in video_path.json, in file order."""
-    rows = read_annotations(os.path.join(data_path, ANNOTATION_FILES[split]))
+    annotation_file = os.path.join(data_path, ANNOTATION_FILES[split])
+    rows = read_annotations(annotation_file)
     path_file = os.path.join(data_path, "video_path.json")
     relative = read_json(path_file, VIDEO_PATH_FORMAT)
     if not isinstance(relative, dict):
         raise malformed(path_file, VIDEO_PATH_FORMAT, f"a {type(relative).__name__}, not an object")
-    return [Pair(os.path.join(features_path, relative[clip_id]), (sentence,))
-            for clip_id, sentence in rows if clip_id in relative]
+    pairs = [Pair(os.path.join(features_path, relative[clip_id]), (sentence,))
+             for clip_id, sentence in rows if clip_id in relative]
+    return require_pairs(pairs, split, f"{annotation_file} (clips listed in {path_file})")
 
 
 def build_dataset(args, tokenizer, split):

@@ -1,7 +1,7 @@
 """MSR-VTT: 7k/9k training splits and the JSFusion 1k-A test set (SPEC §5)."""
 import os
 
-from .annotations import malformed, read_csv_columns, read_json
+from .annotations import malformed, read_csv_columns, read_json, require_pairs
 from .base import Pair, RetrievalDataset
 from .loaders import make_reader
 
@@ -35,8 +35,9 @@ def load_train_pairs(train_csv, data_json, features_path, expand_sentences):
     sentences = read_sentences(data_json)
     if expand_sentences:
         wanted = set(video_ids)
-        return [Pair(video_path(features_path, vid), (caption,))
-                for vid, caption in sentences if vid in wanted]
+        return require_pairs([Pair(video_path(features_path, vid), (caption,))
+                              for vid, caption in sentences if vid in wanted],
+                             "train", f"{train_csv} with the sentences of {data_json}")
     captions = {}
     for vid, caption in sentences:
         captions.setdefault(vid, []).append(caption)
@@ -44,13 +45,15 @@ def load_train_pairs(train_csv, data_json, features_path, expand_sentences):
     if without:
         raise malformed(data_json, DATA_JSON_FORMAT,
                         f"no sentence for {len(without)} videos of {train_csv}, e.g. {without[0]}")
-    return [Pair(video_path(features_path, vid), tuple(captions[vid])) for vid in video_ids]
+    return require_pairs([Pair(video_path(features_path, vid), tuple(captions[vid])) for vid in video_ids],
+                         "train", train_csv)
 
 
 def load_test_pairs(val_csv, features_path):
     """One pair per row of the JSFusion csv, in file order."""
     rows = read_csv_columns(val_csv, ["video_id", "sentence"], TEST_CSV_FORMAT)
-    return [Pair(video_path(features_path, row["video_id"]), (row["sentence"],)) for row in rows]
+    return require_pairs([Pair(video_path(features_path, row["video_id"]), (row["sentence"],)) for row in rows],
+                         "test", val_csv)
 
 
 def build_dataset(args, tokenizer, split):

@@ -1,7 +1,7 @@
 """MSVD: every caption is a sample; val/test are multi-sentence (SPEC §5, §6)."""
 import os
 
-from .annotations import malformed, read_lines, read_pickle, video_files
+from .annotations import malformed, read_lines, read_pickle, require_pairs, video_files
 from .base import Pair, RetrievalDataset
 from .loaders import lmdb_path, make_reader
 
@@ -31,6 +31,7 @@ def load_pairs(data_path, features_path, split, lmdb=None):
     """
     list_file = os.path.join(data_path, f"{split}_list.txt")
     video_ids = read_lines(list_file, LIST_FORMAT.format(split=split))
+    require_pairs(video_ids, split, list_file)
     caption_file = os.path.join(data_path, "raw-captions.pkl")
     captions = read_pickle(caption_file, CAPTIONS_FORMAT)
     if not isinstance(captions, dict):

@@ -22,12 +22,34 @@ logger = logging.getLogger(__name__)
 
 # Everything a bad video file can raise; programming errors are not caught.
 BROKEN_VIDEO_ERRORS = (av.FFmpegError, OSError, EOFError, VideoDecodeError)
+REBUILD_LMDB = "rebuild it with preprocess/folder2lmdb.py"
+
+
+class BrokenLmdbError(ValueError):
+    """A video LMDB as a whole cannot be used: not an LMDB, truncated, empty or unreadable."""
 
 
 def open_lmdb(path):
     """Open a video LMDB read-only the way SPEC §5 prescribes (no lock, no readahead)."""
     return lmdb.open(path, subdir=os.path.isdir(path), readonly=True, lock=False,
                      readahead=False, meminit=False)
+
+
+def _open_checked(path):
+    """``open_lmdb``, refusing a data file shorter than its meta page says (``last_pgno``):
+    reading a page past the end of the mapped file kills the process with SIGBUS."""
+    try:
+        env = open_lmdb(path)
+    except lmdb.Error as error:
+        raise BrokenLmdbError(f"LMDB {path} cannot be opened ({type(error).__name__}: {error}); "
+                              f"{REBUILD_LMDB}") from None
+    data_file = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
+    needed, size = (env.info()["last_pgno"] + 1) * env.stat()["psize"], os.path.getsize(data_file)
+    if size < needed:
+        env.close()
+        raise BrokenLmdbError(f"LMDB {path} is truncated: {data_file} has {size} bytes, its header says "
+                              f"{needed}; {REBUILD_LMDB}")
+    return env
 
 
 # LMDB allows one open environment per file and process (py-lmdb refuses a second open),
@@ -40,7 +62,7 @@ _open_environments = {}
 def _environment(path):
     key = os.path.realpath(path)
     if key not in _open_environments:
-        _open_environments[key] = (os.getpid(), open_lmdb(path))
+        _open_environments[key] = (os.getpid(), _open_checked(path))
     return _open_environments[key][1]
 
 
@@ -55,8 +77,35 @@ os.register_at_fork(before=_close_environments)
 
 def lmdb_keys(path):
     """All keys of the LMDB at ``path`` as strings (the video files' base names)."""
-    with _environment(path).begin(write=False) as txn:
-        return [key.decode() for key in txn.cursor().iternext(keys=True, values=False)]
+    try:
+        with _environment(path).begin(write=False) as txn:
+            return [key.decode() for key in txn.cursor().iternext(keys=True, values=False)]
+    except lmdb.Error as error:
+        raise BrokenLmdbError(f"LMDB {path}: listing its keys failed ({type(error).__name__}: {error}); "
+                              f"{REBUILD_LMDB}") from None
+
+
+def check_lmdb(path):
+    """Fail early with an error naming ``path`` when the video LMDB is missing, not an LMDB,
+    truncated, empty or unreadable: open it (size-checked) and read its first entry.
+
+    Returns:
+        the number of entries.
+    Raises:
+        FileNotFoundError, BrokenLmdbError.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--lmdb_dataset {path} does not exist")
+    try:
+        with _environment(path).begin(write=False) as txn:
+            cursor = txn.cursor()
+            if not cursor.first():
+                raise BrokenLmdbError(f"LMDB {path} holds no videos; {REBUILD_LMDB}")
+            cursor.value()
+            return txn.stat()["entries"]
+    except lmdb.Error as error:
+        raise BrokenLmdbError(f"LMDB {path} cannot be read ({type(error).__name__}: {error}); "
+                              f"{REBUILD_LMDB}") from None
 
 
 class LmdbVideos:
@@ -66,14 +115,18 @@ class LmdbVideos:
     """
 
     def __init__(self, path):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"--lmdb_dataset {path} does not exist")
+        check_lmdb(path)
         self.path = path
 
     def get(self, name):
-        """The bytes stored under ``name`` (a base name), or None when the key is absent."""
-        with _environment(self.path).begin(write=False) as txn:
-            return txn.get(name.encode())
+        """The bytes stored under ``name`` (a base name), or None when the key is absent.
+        A read error of the LMDB (e.g. a corrupt page) is a VideoDecodeError: a broken video."""
+        try:
+            with _environment(self.path).begin(write=False) as txn:
+                return txn.get(name.encode())
+        except lmdb.Error as error:
+            raise VideoDecodeError(f"reading {name!r} from the LMDB {self.path} failed "
+                                   f"({type(error).__name__}: {error})") from None
 
 
 class VideoReader:

@@ -1,15 +1,31 @@
-"""Checkpoints: atomic saving, and strict loading of the original's files with helpful errors.
+"""Checkpoints: atomic, verified saving, and safe, strict loading of the original's files.
 
 A checkpoint is the original's dict `{epoch, global_step, arch, state_dict, best_acc1, optimizer
-[, scaler]}` plus `hparams` (the run's arguments), so a file describes itself.
+[, scaler]}` plus `hparams` (the run's arguments), so a file describes itself. Every saved file
+gets a SHA-256 sidecar `<file>.sha256` (`sha256sum` format) checked when it is read
+(modules/integrity.py says how a crash is survived).
+
+Loading never runs code from the file: it unpickles with `torch.load(weights_only=True)`, which
+builds only tensors and plain containers, plus an allow-list of the foreign objects that real
+checkpoints hold (`SAFE_GLOBALS`). Full unpickling needs the caller's explicit `unsafe=True`.
 """
+import collections
 import logging
 import os
 import pickle
+import shutil
 
+import numpy as np
 import torch
 
+from modules.integrity import verify_file, write_verified
+
 logger = logging.getLogger(__name__)
+
+UNSAFE_FLAG = "--unsafe_load_checkpoint 1"
+# numpy scalars are rebuilt from (dtype, raw bytes); only numbers and booleans are expected.
+NUMPY_KINDS = "biufc"
+NUMPY_TYPE_CODES = "?bBhHiIlLqQefdgFDG"
 
 # Present in released checkpoints, not a parameter of this model (and never used by the original).
 IGNORED_KEYS = ("clip.visual.position_ids",)
@@ -34,27 +50,124 @@ class CheckpointMismatch(ValueError):
     pass
 
 
-def save_checkpoint(state, path):
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be loaded: truncated, corrupt or not a checkpoint."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holds objects whose unpickling could run code."""
+
+
+_NUMPY_SCALAR = np.float64(0).__reduce__()[0]  # numpy._core.multiarray.scalar (numpy.core in 1.x)
+
+
+def _numpy_dtype(spec, align=False, copy=True):
+    """`numpy.dtype` as pickles call it, for number and boolean type strings only. Always a new
+    object (`copy=True`), so the BUILD that follows never touches numpy's shared dtypes."""
+    dtype = np.dtype(spec, align=False, copy=True) if isinstance(spec, str) else None
+    if dtype is None or dtype.kind not in NUMPY_KINDS:
+        raise pickle.UnpicklingError(f"refusing the numpy dtype {spec!r}: only numbers are expected")
+    return dtype
+
+
+def _numpy_scalar(dtype, data):
+    """numpy's scalar reconstructor, for a number dtype and exactly its raw bytes."""
+    if not (isinstance(dtype, np.dtype) and dtype.kind in NUMPY_KINDS and isinstance(data, bytes)
+            and len(data) == dtype.itemsize):
+        raise pickle.UnpicklingError("refusing a numpy scalar that is not a plain number")
+    return _NUMPY_SCALAR(dtype, data)
+
+
+# Foreign objects of real checkpoints, (what to build, the name the pickle uses):
+# - numpy scalars (the original's `best_acc1` can be np.float64): numpy 2.x pickles
+#   `numpy._core.multiarray.scalar`, numpy 1.x `numpy.core.multiarray.scalar`, both with a
+#   `numpy.dtype`; the dtype classes are listed so that the pickle's BUILD may set the byte
+#   order of the new dtype (numpy ignores a BUILD on its shared dtypes).
+# - X-CLIP's yacs `CfgNode` (a dict subclass): loaded as an OrderedDict, without yacs.
+SAFE_GLOBALS = [
+    (_numpy_scalar, "numpy._core.multiarray.scalar"),
+    (_numpy_scalar, "numpy.core.multiarray.scalar"),
+    (_numpy_dtype, "numpy.dtype"),
+    *[(type(np.dtype(code)), f"{type(np.dtype(code)).__module__}.{type(np.dtype(code)).__name__}")
+      for code in NUMPY_TYPE_CODES],
+    (collections.OrderedDict, "yacs.config.CfgNode"),
+]
+
+
+def _refused_globals(path):
+    """The names the safe load refuses in a zip-format checkpoint (None for other formats)."""
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (RuntimeError, ValueError, EOFError):
+        return None
 
 
-def read_checkpoint(path):
-    """Load a checkpoint file on the CPU. Tensors-only files load with `weights_only`; files that
-    pickle other objects (e.g. numpy scalars in the original's) need a full unpickle, logged."""
+def _unreadable(path, error):
+    size = os.path.getsize(path)
+    reason = f"{type(error).__name__}: {str(error).split('. ')[0]}" if str(error) else type(error).__name__
+    return CheckpointError(f"{path} ({size} bytes) is not a readable checkpoint (truncated, empty or not "
+                           f"written by torch.save): {reason}")
+
+
+def _torch_load(path, weights_only):
+    """torch.load on the CPU with the allow-list; a file torch cannot parse is a CheckpointError
+    (an UnpicklingError of the safe load is left to the caller)."""
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except (RuntimeError, EOFError) as error:
+        raise _unreadable(path, error) from None
+    except pickle.UnpicklingError as error:
+        if weights_only:
+            raise
+        raise _unreadable(path, error) from None
+
+
+def _load(path, unsafe):
+    """Safe load; full unpickling only when the safe one refuses the file and `unsafe` is set."""
+    try:
+        return _torch_load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        if not unsafe:
+            refused = _refused_globals(path)
+            what = (f"holds objects a safe load refuses ({', '.join(refused)}); unpickling them could run code"
+                    if refused else "cannot be loaded safely (it is corrupt, or holds objects a safe load refuses)")
+            raise UnsafeCheckpointError(f"{path} {what}. If you trust the file, load it with {UNSAFE_FLAG} "
+                                        f"(read_checkpoint(..., unsafe=True))") from None
+    logger.warning("loading %s with full unpickling (%s): it runs any code the file carries", path, UNSAFE_FLAG)
+    return _torch_load(path, weights_only=False)
+
+
+def read_checkpoint(path, unsafe=False):
+    """Load a checkpoint file on the CPU, verified against its `.sha256` sidecar when it has one.
+
+    Args:
+        path: the file.
+        unsafe: allow full unpickling when the safe load refuses the file (it can run code the
+            file carries); logged as a warning naming the file.
+    Raises:
+        FileNotFoundError; IntegrityError (the content differs from its sidecar);
+        UnsafeCheckpointError (refused objects, `unsafe` not given); CheckpointError (truncated,
+        empty, not a checkpoint). All but the first are ValueErrors naming the file.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        logger.warning("%s holds non-tensor objects; loading it with full unpickling (trust the file)", path)
-        return torch.load(path, map_location="cpu", weights_only=False)
+    verify_file(path)
+    return _load(path, unsafe)
+
+
+def save_checkpoint(state, path):
+    """torch.save to a temporary file beside `path`, fsync, rename, then the `.sha256` sidecar:
+    a crash never leaves half a file, and stale temporaries of crashed saves are removed."""
+    return write_verified(path, lambda tmp: torch.save(state, tmp))
+
+
+def copy_checkpoint(source, destination):
+    """Copy a verified checkpoint (e.g. to ckpt.best.pth.tar) with a sidecar of its own,
+    atomically like `save_checkpoint`."""
+    verify_file(source)
+    return write_verified(destination, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def model_state_from_checkpoint(checkpoint):

@@ -15,7 +15,11 @@ request; a file is complete when its size equals the size the server announced, 
 then is it compressed (or renamed) to its final name. Finished clips are skipped on a rerun.
 Credentials come from the environment variables ``LSMDC_USER`` and ``LSMDC_PASSWORD`` (HTTP
 basic authentication); they are never read from the command line, where other users of the
-machine could see them. Failed URLs are listed at the end and written to a file.
+machine could see them. They are sent only over https (unless ``--allow_http_credentials``),
+and never to another host, scheme or port after a redirect. URLs carrying ``user:password@``
+are refused and shown with it redacted. Every file stays inside ``--output_dir``: a URL whose
+folder or file name is ``..`` (or reaches outside through a symlink) is refused. Failed URLs
+are listed at the end and written to a file.
 """
 import argparse
 import base64
@@ -46,6 +50,42 @@ class DownloadError(RuntimeError):
     pass
 
 
+def redact(url):
+    """``url`` with a ``user:password@`` part shown as ``***@``."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+def redact_in(text, url):
+    """``text`` with ``url`` and its ``user:password`` part redacted wherever they occur."""
+    userinfo = urllib.parse.urlsplit(url).netloc.rpartition("@")[0]
+    text = text.replace(url, redact(url))
+    return text.replace(userinfo, "***") if userinfo else text
+
+
+def origin(url):
+    """(scheme, host, port) of a URL, the port defaulted from the scheme."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(
+        parts.scheme.lower())
+
+
+class SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, but sends the Authorization header only to the origin it was meant for:
+    a redirect to another scheme, host or port loses it (urllib would forward it)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and origin(new.full_url) != origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+OPENER = urllib.request.build_opener(SameOriginRedirects)
+
+
 def read_url_lists(paths):
     """Every distinct URL of the link lists (lines containing "http", stripped), sorted."""
     urls = set()
@@ -63,10 +103,19 @@ def local_paths(url, output_dir, compress):
     """
     parts = urllib.parse.unquote(urllib.parse.urlsplit(url).path).rstrip("/").split("/")
     if len(parts) < 2 or not parts[-1]:
-        raise DownloadError(f"cannot take a file name from the URL {url}")
+        raise DownloadError(f"cannot take a file name from the URL {redact(url)}")
+    if any(part in ("", ".", "..") or "\\" in part or "\0" in part for part in parts[-2:]):
+        raise DownloadError(f"{redact(url)}: refusing the folder and file name {parts[-2]!r}/{parts[-1]!r}, "
+                            f"which would not stay inside --output_dir")
     folder, name = os.path.join(output_dir, parts[-2]), parts[-1]
     final = os.path.splitext(name)[0] + ".mp4" if compress else name
-    return os.path.join(folder, final), os.path.join(folder, name + DOWNLOAD_SUFFIX)
+    paths = os.path.join(folder, final), os.path.join(folder, name + DOWNLOAD_SUFFIX)
+    root = os.path.realpath(output_dir)
+    for path in paths:
+        if os.path.commonpath([root, os.path.realpath(path)]) != root:
+            raise DownloadError(f"{redact(url)}: {path} leads outside --output_dir {output_dir} "
+                                f"(through a symlink); refusing to write it")
+    return paths
 
 
 def credentials_header():
@@ -101,7 +150,7 @@ def fetch(url, partial, headers, timeout):
     start = os.path.getsize(partial) if os.path.exists(partial) else 0
     request = urllib.request.Request(url, headers={**headers, **({"Range": f"bytes={start}-"} if start else {})})
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = OPENER.open(request, timeout=timeout)
     except urllib.error.HTTPError as error:
         # 416: the range starts at or past the end; the partial file may already be complete.
         if error.code == 416 and start:
@@ -120,19 +169,36 @@ def fetch(url, partial, headers, timeout):
     return total is None or os.path.getsize(partial) == total
 
 
-def download_one(url, output_dir, compress_options=None, retries=3, timeout=60.0):
+def request_headers(url, allow_http_credentials=False):
+    """The headers for ``url``: the credentials, refused over plain http unless allowed.
+
+    Raises:
+        DownloadError when the URL itself carries credentials, or is http with credentials set.
+    """
+    shown = redact(url)
+    if shown != url:
+        raise DownloadError(f"{shown}: the URL carries credentials; remove them from the link list and set "
+                            f"{USER_VARIABLE} and {PASSWORD_VARIABLE} instead")
+    headers = credentials_header()
+    if headers and urllib.parse.urlsplit(url).scheme.lower() != "https" and not allow_http_credentials:
+        raise DownloadError(f"{url}: refusing to send {USER_VARIABLE}'s password over plain http, where anyone "
+                            f"on the way can read it; use https, or pass --allow_http_credentials")
+    return headers
+
+
+def download_one(url, output_dir, compress_options=None, retries=3, timeout=60.0, *, allow_http_credentials=False):
     """Download one clip (and compress it when ``compress_options`` is given).
 
     Returns:
         "skipped" when the final file exists, else "done".
     Raises:
-        DownloadError with the URL and the reason.
+        DownloadError with the URL (credentials redacted) and the reason.
     """
+    headers = request_headers(url, allow_http_credentials)
     target, partial = local_paths(url, output_dir, compress_options is not None)
     if os.path.exists(target):
         return "skipped"
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    headers = credentials_header()
     for attempt in range(1, retries + 1):
         try:
             if fetch(url, partial, headers, timeout):
@@ -163,24 +229,26 @@ def download_one(url, output_dir, compress_options=None, retries=3, timeout=60.0
 
 
 def _run(job):
-    url, output_dir, options, retries, timeout = job
+    url, output_dir, options, retries, timeout, allow_http_credentials = job
     try:
-        return url, download_one(url, output_dir, options, retries, timeout), None
+        status = download_one(url, output_dir, options, retries, timeout,
+                              allow_http_credentials=allow_http_credentials)
+        return redact(url), status, None
     except DownloadError as error:
-        return url, "failed", str(error)
+        return redact(url), "failed", redact_in(str(error), url)
     except Exception as error:  # anything else about one URL must not stop the others
-        return url, "failed", f"{url}: {type(error).__name__}: {error}"
+        return redact(url), "failed", redact_in(f"{url}: {type(error).__name__}: {error}", url)
 
 
 def download_all(urls, output_dir, compress_options=None, workers=8, retries=3, timeout=60.0,
-                 failures_path=None, progress=True):
+                 failures_path=None, progress=True, *, allow_http_credentials=False):
     """Download every URL with a pool of processes (they also compress).
 
     Returns:
-        dict ``done``, ``skipped`` (counts) and ``failed`` (list of (url, reason), also written
-        to ``failures_path``, one ``url<TAB>reason`` per line).
+        dict ``done``, ``skipped`` (counts) and ``failed`` (list of (url, reason), credentials
+        redacted, also written to ``failures_path``, one ``url<TAB>reason`` per line).
     """
-    jobs = [(url, output_dir, compress_options, retries, timeout) for url in urls]
+    jobs = [(url, output_dir, compress_options, retries, timeout, allow_http_credentials) for url in urls]
     counts, failed = {"done": 0, "skipped": 0}, []
     with Pool(max(1, workers)) as pool:
         for url, status, error in tqdm(pool.imap_unordered(_run, jobs), total=len(jobs), desc="download",
@@ -217,6 +285,9 @@ def build_parser():
                         help="compression shorter side in pixels (default %(default)s)")
     parser.add_argument("--keyint", type=int, default=EncodeOptions.keyint,
                         help="frames between keyframes (default %(default)s; see compress_video.py --help)")
+    parser.add_argument("--allow_http_credentials", action="store_true",
+                        help=f"send {USER_VARIABLE}/{PASSWORD_VARIABLE} to plain-http URLs too (readable by "
+                             f"anyone on the way; by default only https gets them)")
     parser.add_argument("--failures", default=None,
                         help="file listing failed URLs (default: <output_dir>/download_failures.txt)")
     return parser
@@ -236,9 +307,14 @@ def main(argv=None):
             check_options(options)
         except ValueError as error:
             sys.exit(f"download_lsmdc: {error}")
+    plain = [url for url in urls if urllib.parse.urlsplit(url).scheme.lower() != "https"]
+    if credentials_header() and plain and not args.allow_http_credentials:
+        sys.exit(f"download_lsmdc: {len(plain)} URLs are plain http (e.g. {redact(plain[0])}); refusing to send "
+                 f"{USER_VARIABLE}'s password over http: use https URLs, or pass --allow_http_credentials")
     failures = args.failures or os.path.join(args.output_dir, "download_failures.txt")
     print(f"{len(urls)} URLs")
-    result = download_all(urls, args.output_dir, options, args.workers, args.retries, args.timeout, failures)
+    result = download_all(urls, args.output_dir, options, args.workers, args.retries, args.timeout, failures,
+                          allow_http_credentials=args.allow_http_credentials)
     print(f"downloaded {result['done']}, skipped {result['skipped']} finished, failed {len(result['failed'])} "
           f"(listed in {failures})")
     for url, error in result["failed"]:

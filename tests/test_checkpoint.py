@@ -63,7 +63,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_checkpoint({"epoch": 2}, str(path))
     assert read_checkpoint(str(path)) == {"epoch": 1}  # the good file is untouched
-    assert os.listdir(tmp_path) == ["ckpt.pth.tar"]  # no temporary left behind
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pth.tar", "ckpt.pth.tar.sha256"]  # no temporary left behind
 
 
 def test_missing_checkpoint_names_the_file(tmp_path):

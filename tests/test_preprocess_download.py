@@ -118,7 +118,7 @@ def test_download_resume_and_failures(clips, credentials, tmp_path):
         f.write(files[urls[0]][:1000])
 
     result = download_all(urls + [missing], str(out), None, workers=2, retries=1,
-                          failures_path=str(tmp_path / "failed.txt"), progress=False)
+                          failures_path=str(tmp_path / "failed.txt"), progress=False, allow_http_credentials=True)
 
     assert (result["done"], result["skipped"]) == (2, 0)
     assert [url for url, _ in result["failed"]] == [missing]
@@ -133,7 +133,7 @@ def test_download_resume_and_failures(clips, credentials, tmp_path):
     assert ranges[urls[1][len(server.root):]] is None
     # A rerun downloads nothing again.
     count = len(server.requests)
-    again = download_all(urls, str(out), None, workers=1, retries=1, progress=False)
+    again = download_all(urls, str(out), None, workers=1, retries=1, progress=False, allow_http_credentials=True)
     assert (again["done"], again["skipped"], again["failed"]) == (0, 2, [])
     assert len(server.requests) == count
 
@@ -144,7 +144,8 @@ def test_dropped_connection_is_resumed_by_the_next_attempt(clips, credentials, t
     path = url[len(server.root):]
     server.cut_once.add(path)
     monkeypatch.setattr(download_lsmdc, "RETRY_DELAY", 0.0)  # the forked workers inherit it
-    result = download_all([url], str(tmp_path / "video"), None, workers=1, retries=2, progress=False)
+    result = download_all([url], str(tmp_path / "video"), None, workers=1, retries=2, progress=False,
+                          allow_http_credentials=True)
     assert (result["done"], result["failed"]) == (1, [])
     target, _ = local_paths(url, str(tmp_path / "video"), compress=False)
     assert open(target, "rb").read() == files[url]
@@ -163,7 +164,8 @@ def test_download_and_compress_cli(clips, credentials, tmp_path, capsys):
         f.write(files[urls[1]])
     links = write_list(tmp_path / "MPIIMD_downloadLinks.txt", urls)
 
-    result = main(["--lists", links, "--output_dir", str(out), "--workers", "2", "--size", "64"])
+    result = main(["--lists", links, "--output_dir", str(out), "--workers", "2", "--size", "64",
+                   "--allow_http_credentials"])  # the loopback server speaks plain http
 
     assert (result["done"], result["failed"]) == (2, [])
     for url, frames in zip(urls, (6, 5)):  # 2 s and 1.5 s of video at 3 fps (1.5 * 3 rounds to 5)
@@ -181,7 +183,8 @@ def test_wrong_credentials_are_reported_not_leaked(clips, monkeypatch, tmp_path)
     server, files = clips
     monkeypatch.setenv("LSMDC_USER", USER)
     monkeypatch.setenv("LSMDC_PASSWORD", "wrong-password")
-    result = download_all(sorted(files)[:1], str(tmp_path / "video"), None, workers=1, retries=1, progress=False)
+    result = download_all(sorted(files)[:1], str(tmp_path / "video"), None, workers=1, retries=1, progress=False,
+                          allow_http_credentials=True)
     (url, reason), = result["failed"]
     assert "HTTP 401" in reason and "LSMDC_USER" in reason
     assert "wrong-password" not in reason
