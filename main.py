@@ -9,6 +9,7 @@ recognition (X-CLIP, `--task_type recognition`).
 hparams_train.json, results.jsonl, TensorBoard scalars under OUT/tensorboard, and
 ckpt.pth.tar / ckpt.best.pth.tar.
 """
+import faulthandler
 import logging
 import os
 from datetime import timedelta
@@ -50,6 +51,7 @@ def setup_output(args):
 
 
 def main(argv=None):
+    faulthandler.enable()  # a native crash (e.g. in a decoder) prints a traceback, not a bare exit code
     args = params.get_args(argv)
     device = init_distributed(args)
     setup_output(args)

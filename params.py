@@ -155,6 +155,9 @@ def add_run_args(parser):
     parser.add_argument("--debug", action="store_true", default=False, help="log at DEBUG level")
     parser.add_argument("--output_dir", type=str, required=True, help="logs, checkpoints, metrics go here")
     parser.add_argument("--resume", type=optional_str, default=None, help="checkpoint to resume from, or `latest`")
+    parser.add_argument("--unsafe_load_checkpoint", type=int, default=0,
+                        help="load a checkpoint that the safe loader refuses (--resume, --init_model) with full "
+                             "unpickling; only for files you trust: it can run code")
     parser.add_argument("--load_from_pretrained", type=int, default=0,
                         help="with --resume: load only the weights, not optimizer/epoch")
     parser.add_argument("--n_display", type=int, default=100, help="log every n steps")

@@ -19,7 +19,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from modules import distributed as du
-from modules.checkpoint import save_checkpoint
+from dataloaders.sources import check_video_source
+from modules.checkpoint import copy_checkpoint, save_checkpoint
 from modules.precision import autocast_context, grad_scaler
 
 logger = logging.getLogger("centerclip")
@@ -59,13 +60,15 @@ def check_finite_weights(model, epoch):
                                    "writing a checkpoint (the files of earlier epochs are kept)")
 
 
-def check_loader(loader, length, what, batch_size=None):
-    """Fail at start-up on a split with no samples, or a training set smaller than one batch."""
+def check_loader(task, loader, length, what, args, batch_size=None):
+    """Fail at start-up on a split with no samples, a training set smaller than one batch, or videos
+    that are not where --features_path / --lmdb_dataset say."""
     if length == 0:
         raise ValueError(f"the {what} split is empty: check the annotation files that list it")
     if len(loader) == 0:
         raise ValueError(f"the {what} split has {length} samples, fewer than one batch of --batch_size "
                          f"{batch_size} per process: lower --batch_size or add samples")
+    check_video_source(task.video_paths(loader.dataset), lmdb_path=args.lmdb_dataset)
 
 
 def seed_everything(seed):
@@ -166,16 +169,17 @@ def end_of_epoch(task, model, optimizer, scaler, test_loader, device, args, writ
     is_best = score > best
     best = max(best, score)
     state = checkpoint_state(task, model, optimizer, scaler, epoch + 1, global_step, best, args)
-    save_checkpoint(state, os.path.join(args.output_dir, "ckpt.pth.tar"))
+    path = os.path.join(args.output_dir, "ckpt.pth.tar")
+    save_checkpoint(state, path)
     if is_best:
-        save_checkpoint(state, os.path.join(args.output_dir, "ckpt.best.pth.tar"))
+        copy_checkpoint(path, os.path.join(args.output_dir, "ckpt.best.pth.tar"))
     return best
 
 
 def evaluation_loader(task, args):
     """The task's evaluation loader, checked to hold samples."""
     loader, length = task.eval_loader(args)
-    check_loader(loader, length, "test")
+    check_loader(task, loader, length, "test", args)
     return loader
 
 
@@ -226,7 +230,7 @@ def train(task, model, device, args, checkpoint, main_work):
     if checkpoint is not None and not args.load_from_pretrained:
         check_resumable(checkpoint, args)
     train_loader, train_length, sampler = task.train_loader(args)
-    check_loader(train_loader, train_length, "training", args.batch_size)
+    check_loader(task, train_loader, train_length, "training", args, args.batch_size)
     test_loader = evaluation_loader(task, args)
     total_steps = math.ceil(len(train_loader) / args.gradient_accumulation_steps) * args.epochs
     logger.info("training on %d samples: %d batches per epoch, %d optimizer steps", train_length,

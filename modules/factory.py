@@ -51,6 +51,11 @@ def resume_path(args):
     return os.path.join(args.output_dir, "ckpt.pth.tar") if args.resume == "latest" else args.resume
 
 
+def resume_checkpoint(args):
+    """The --resume checkpoint (loaded safely unless --unsafe_load_checkpoint 1), or None."""
+    return read_checkpoint(resume_path(args), unsafe=bool(args.unsafe_load_checkpoint)) if args.resume else None
+
+
 def clip_weights(args, checkpoint):
     """CLIP from --pretrained_dir; when the file is absent but a checkpoint is given, CLIP is rebuilt
     from the checkpoint's own `clip.*` weights (its cluster tables are loaded with the model).
@@ -70,10 +75,10 @@ def clip_weights(args, checkpoint):
 def build_retrieval_model(args):
     """The retrieval model of the flags with the weights of --init_model, then of --resume, loaded.
     Returns (model, the --resume checkpoint or None)."""
-    checkpoint = read_checkpoint(resume_path(args)) if args.resume else None
+    checkpoint = resume_checkpoint(args)
     model = create_model(args, clip_weights(args, checkpoint))
     if args.init_model:
-        load_model_weights(model, read_checkpoint(args.init_model))
+        load_model_weights(model, read_checkpoint(args.init_model, unsafe=bool(args.unsafe_load_checkpoint)))
     if checkpoint is not None:
         load_model_weights(model, checkpoint)
     return model, checkpoint
@@ -83,13 +88,13 @@ def build_recognition_model(args):
     """X-CLIP with the sizes and weights of --resume when given (no CLIP file needed), else built from
     CLIP's weights at the original's initialisation; then --init_model's weights. Sets
     `args.image_resolution` (the frames' side) from the model. Returns (model, checkpoint or None)."""
-    checkpoint = read_checkpoint(resume_path(args)) if args.resume else None
+    checkpoint = resume_checkpoint(args)
     if checkpoint is not None:
         model = build_xclip_from_checkpoint(checkpoint, args.max_frames)
     else:
         model = build_xclip(clip_weights(args, None), args.max_frames, seed=args.seed)
     if args.init_model:
-        load_xclip_weights(model, read_checkpoint(args.init_model))
+        load_xclip_weights(model, read_checkpoint(args.init_model, unsafe=bool(args.unsafe_load_checkpoint)))
     args.image_resolution = model.config.image_resolution
     configured = (args.xclip_config or {}).get("DATA.INPUT_SIZE", args.image_resolution)
     if configured != args.image_resolution:

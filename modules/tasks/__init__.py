@@ -3,7 +3,8 @@ the loss of a training step and evaluates; `modules/engine.py` does everything e
 import importlib
 
 # --task_type -> "module:class"; imported on use, so one task never loads the other's code.
-TASKS = {"retrieval": "modules.tasks.retrieval:RetrievalTask", "recognition": "modules.tasks.recognition:RecognitionTask"}
+TASKS = {"retrieval": "modules.tasks.retrieval:RetrievalTask",
+         "recognition": "modules.tasks.recognition:RecognitionTask"}
 TASK_TYPES = tuple(TASKS)
 
 

@@ -50,6 +50,10 @@ class RecognitionTask:
         return loader, len(loader.dataset)
 
     @staticmethod
+    def video_paths(dataset):
+        return [video.path for video in dataset.videos[:50]]
+
+    @staticmethod
     def tensorboard_metrics(metrics):
         return metrics
 

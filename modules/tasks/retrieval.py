@@ -70,6 +70,10 @@ class RetrievalTask:
         return bool(args.cluster_frame_embedding) or args.sim_header == "seqLSTM"  # tables the forward never uses
 
     @staticmethod
+    def video_paths(dataset):
+        return [pair.video_path for pair in dataset.pairs[:50]]
+
+    @staticmethod
     def broken_videos(batch):
         return count_broken_videos(batch[4])
 
