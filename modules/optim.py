@@ -117,6 +117,20 @@ def parameter_groups(model, lr, coef_lr, weight_decay, new_added_modules=NEW_ADD
             for decay, is_clip in GROUP_ORDER]
 
 
+def logged_lr(optimizer):
+    """The value the original logs as train/lr after an optimizer step. AdamW: group 0's lr, i.e.
+    lr · coef_lr · schedule of the CLIP decay group at the step just taken. BertAdam (its get_lr()[0]):
+    the scheduled lr of the first parameter, in group order, that has optimizer state, at its next
+    step; 0 before the first step."""
+    if not isinstance(optimizer, BertAdam):
+        return optimizer.param_groups[0]["lr"]
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if optimizer.state.get(param):
+                return optimizer.scheduled_lr(group, optimizer.state[param]["step"])
+    return 0.0
+
+
 def build_optimizer(model, optim, lr, coef_lr, weight_decay, betas, eps, total_steps, warmup_proportion,
                     new_added_modules=NEW_ADDED_MODULES):
     """-> (optimizer, schedule or None). BertAdam schedules itself; AdamW gets a CosineSchedule.

@@ -18,8 +18,8 @@ import torch
 import params
 from modules.factory import create_model
 from modules.metrics import retrieval_metrics
-from modules.optim import (BertAdam, CosineSchedule, build_optimizer, freeze_clip_layers, map_optimizer_state,
-                           parameter_groups, total_optimizer_steps)
+from modules.optim import (BertAdam, CosineSchedule, build_optimizer, freeze_clip_layers, logged_lr,
+                           map_optimizer_state, parameter_groups, total_optimizer_steps)
 from tests.reference import centerclip_setup as setup
 from tests.simulated_ranks import simulate_ranks
 
@@ -203,6 +203,7 @@ def test_optimizer_state_of_another_model_is_refused(tmp_path):
 
 
 def test_schedules_match_the_original():
+    """Every group's lr at every optimizer step, and the train/lr value the original logs."""
     ref = reference("schedules.json")
     total = total_optimizer_steps(ref["num_batches"], ref["accumulation"], ref["epochs"])
     assert total == pytest.approx(ref["total_steps"], abs=1e-12) and total != int(total)
@@ -214,11 +215,19 @@ def test_schedules_match_the_original():
         schedule.set_step(step)
         lrs = [g["lr"] for g in schedule.optimizer.param_groups]
         assert lrs == pytest.approx(ref["AdamW"]["applied_lr"][step], rel=1e-12, abs=0)
+        schedule.optimizer.step()
+        assert logged_lr(schedule.optimizer) == pytest.approx(ref["AdamW"]["logged_lr"][step], rel=1e-12, abs=0)
     bert = BertAdam([{"params": [torch.nn.Parameter(torch.ones(2))], "lr": ref["lr"] * m} for m in multipliers],
                     lr=ref["lr"], warmup=ref["warmup_proportion"], t_total=total)
-    for step in range(1, steps):  # the original's get_lr() before the first step returns [0]
+    for step in range(steps):
         lrs = [bert.scheduled_lr(g, step) for g in bert.param_groups]
-        assert lrs == pytest.approx(ref["BertAdam"]["applied_lr"][step], rel=1e-12, abs=0)
+        # Before the first step the original's get_lr() returns [0]: warmup_cosine(0) is 0 for every group.
+        expected = [0.0] * len(multipliers) if step == 0 else ref["BertAdam"]["applied_lr"][step]
+        assert lrs == pytest.approx(expected, rel=1e-12, abs=0)
+        for group in bert.param_groups:
+            group["params"][0].grad = torch.full((2,), 0.5)
+        bert.step()
+        assert logged_lr(bert) == pytest.approx(ref["BertAdam"]["logged_lr"][step], rel=1e-12, abs=0)
 
 
 @pytest.mark.parametrize("case", ["all_equal_5", "ties_6", "random_7", "ties_6x3", "all_equal_6x3"])
