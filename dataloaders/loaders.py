@@ -13,8 +13,11 @@ def lmdb_path(args):
 
 
 def make_reader(args, train):
-    """The clip reader of a split: ``--max_frames`` frames, TSN sampling when ``train``."""
-    return VideoReader(args.max_frames, train, lmdb_path=lmdb_path(args))
+    """The clip reader of a split: ``--max_frames`` frames, TSN sampling when ``train``, square
+    frames of the model's input size ``args.image_resolution`` (set from the built CLIP; 224, the
+    released models' size, when absent)."""
+    image_size = getattr(args, "image_resolution", None) or 224
+    return VideoReader(args.max_frames, train, lmdb_path=lmdb_path(args), image_size=image_size)
 
 
 def make_train_loader(dataset, args):

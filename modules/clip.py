@@ -15,7 +15,7 @@ import os
 import urllib.request
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,7 @@ class CLIPConfig:
     transformer_width: int
     transformer_heads: int
     transformer_layers: int
+    linear_patch: str = "2d"  # "3d": 3-D patches over 3 frames (`visual.conv2`), --linear_patch
 
     @property
     def vision_heads(self):
@@ -148,11 +149,15 @@ class Transformer(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, resolution, patch_size, width, layers, heads, output_dim):
+    def __init__(self, resolution, patch_size, width, layers, heads, output_dim, linear_patch="2d"):
         super().__init__()
         scale = width ** -0.5
         self.patch_size = patch_size
+        self.linear_patch = linear_patch
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        if linear_patch == "3d":  # CLIP4Clip's 3-D patches: 3 frames x P x P, stride 1 in time, padded
+            self.conv2 = nn.Conv3d(3, width, kernel_size=(3, patch_size, patch_size),
+                                   stride=(1, patch_size, patch_size), padding=(1, 0, 0), bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn((resolution // patch_size) ** 2 + 1, width))
         self.ln_pre = LayerNorm(width)
@@ -167,18 +172,32 @@ class VisionTransformer(nn.Module):
         for block, hook in zip(self.transformer.resblocks, hooks):
             block.tokencluster_inter = hook
 
-    def embed(self, x):
-        """Frames [B·T, 3, H, W] -> the blocks' input [B·T, 1 + g², W]: patches, [CLS], positions, ln_pre."""
-        x = self.conv1(x.type(self.conv1.weight.dtype))  # (B·T, W, g, g)
+    def patch_embedding(self, x, video_frames=None):
+        """Frames [B·T, 3, H, W] -> patch features [B·T, W, g, g]. With linear_patch 3d the frames of
+        each video (T = video_frames consecutive rows) go through conv2 together, zero-padded in time."""
+        x = x.type(self.conv1.weight.dtype)
+        if self.linear_patch == "2d":
+            return self.conv1(x)
+        if video_frames is None:
+            raise ValueError("--linear_patch 3d needs the number of frames per video (video_frames)")
+        x = x.view(-1, video_frames, *x.shape[1:]).transpose(1, 2)  # (B, 3, T, H, W)
+        x = self.conv2(x).transpose(1, 2)  # (B, T, W, g, g)
+        return x.reshape(-1, *x.shape[2:])  # (B·T, W, g, g)
+
+    def embed(self, x, video_frames=None):
+        """Frames [B·T, 3, H, W] -> the blocks' input [B·T, 1 + g², W]: patches, [CLS], positions, ln_pre.
+        `video_frames` (T) is needed by linear_patch 3d only."""
+        x = self.patch_embedding(x, video_frames)  # (B·T, W, g, g)
         x = x.flatten(2).transpose(1, 2)  # (B·T, g², W)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B·T, 1, W)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B·T, 1 + g², W)
         return self.ln_pre(x)
 
-    def forward(self, x, return_tokens=False):
+    def forward(self, x, return_tokens=False, video_frames=None):
         """Frames [B·T, 3, H, W] -> features [rows, D] of token 0 (a frame, or a segment after
-        clustering), and with `return_tokens` also every token after ln_post and proj [rows, n, D]."""
-        x = self.transformer(self.embed(x))  # (rows, 1 + n, W)
+        clustering), and with `return_tokens` also every token after ln_post and proj [rows, n, D].
+        `video_frames` (T) is needed by linear_patch 3d only."""
+        x = self.transformer(self.embed(x, video_frames))  # (rows, 1 + n, W)
         if return_tokens:
             tokens = self.ln_post(x) @ self.proj  # (rows, 1 + n, D)
             return tokens[:, 0], tokens
@@ -194,7 +213,7 @@ class CLIP(nn.Module):
         self.config = config
         self.visual = visual if visual is not None else VisionTransformer(
             config.image_resolution, config.vision_patch_size, config.vision_width, config.vision_layers,
-            config.vision_heads, config.embed_dim)
+            config.vision_heads, config.embed_dim, linear_patch=config.linear_patch)
         self.transformer = Transformer(config.transformer_width, config.transformer_layers,
                                        config.transformer_heads)
         self.token_embedding = nn.Embedding(config.vocab_size, config.transformer_width)
@@ -207,8 +226,8 @@ class CLIP(nn.Module):
     def dtype(self):
         return self.visual.conv1.weight.dtype
 
-    def encode_image(self, frames, return_tokens=False):
-        return self.visual(frames, return_tokens=return_tokens)
+    def encode_image(self, frames, return_tokens=False, video_frames=None):
+        return self.visual(frames, return_tokens=return_tokens, video_frames=video_frames)
 
     def encode_text(self, ids):
         """ids [B, Lt] (Lt <= context length) -> features [B, D] at the end-of-text token (largest id)."""
@@ -262,10 +281,31 @@ def random_clip_state_dict(name, seed=0):
 NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
-def build_clip(state_dict):
-    """Build an fp32 CLIP from an OpenAI-layout state dict (fp16 or fp32), loading it strictly."""
-    model = CLIP(config_from_state_dict(state_dict))
-    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+LINEAR_PATCHES = ("2d", "3d")  # --linear_patch: conv1 on each frame, or conv2 over 3 frames
+
+
+def conv2_from_conv1(conv1, kernel_frames=3):
+    """The original's initial 3-D patch weight: conv1 [W, 3, P, P] in the middle of the temporal
+    kernel, zeros before and after -> [W, 3, kernel_frames, P, P]; a fresh 3d model computes the 2d one."""
+    before = (kernel_frames - 1) // 2
+    weight = torch.zeros(conv1.shape[0], conv1.shape[1], kernel_frames, *conv1.shape[2:], dtype=conv1.dtype)
+    weight[:, :, before] = conv1
+    return weight
+
+
+def build_clip(state_dict, linear_patch="2d"):
+    """Build an fp32 CLIP from an OpenAI-layout state dict (fp16 or fp32), loading it strictly.
+    With linear_patch "3d", `visual.conv2.weight` comes from the state dict or, when absent, from
+    conv1 (`conv2_from_conv1`)."""
+    if linear_patch not in LINEAR_PATCHES:
+        raise ValueError(f"--linear_patch {linear_patch} is unknown; choose one of {', '.join(LINEAR_PATCHES)}")
+    weights = {k: v.float() for k, v in state_dict.items()}
+    if linear_patch == "3d" and "visual.conv2.weight" not in weights:
+        weights["visual.conv2.weight"] = conv2_from_conv1(weights["visual.conv1.weight"])
+    if linear_patch == "2d" and "visual.conv2.weight" in weights:
+        raise ValueError("the CLIP weights hold visual.conv2.weight, a 3-D patch embedding: pass --linear_patch 3d")
+    model = CLIP(replace(config_from_state_dict(state_dict), linear_patch=linear_patch))
+    model.load_state_dict(weights, strict=True)
     return model
 
 
@@ -347,7 +387,7 @@ def convert_weights_to_fp16(model):
     """CLIP4Clip's `fp16` precision: linear, conv and attention weights and the projections in
     half precision; LayerNorms and embedding tables stay fp32 (LayerNorm computes in fp32)."""
     for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.Linear)):
             module.half()
         if isinstance(module, Attention):
             module.in_proj_weight.data = module.in_proj_weight.data.half()

@@ -32,9 +32,10 @@ def cluster_specs_from_args(args, config):
 
 
 def create_model(args, clip_state_dict):
-    """CLIP from its weights (fp32), token clustering in the image tower, the similarity head
-    initialised from CLIP, and `logit_scale` overwritten by --temperature_new when it is > 1."""
-    clip = build_clip(clip_state_dict)
+    """CLIP from its weights (fp32; --linear_patch 3d adds conv2), token clustering in the image tower,
+    the similarity head initialised from CLIP, and `logit_scale` overwritten by --temperature_new
+    when it is > 1."""
+    clip = build_clip(clip_state_dict, linear_patch=args.linear_patch)
     specs = cluster_specs_from_args(args, clip.config)
     clip.visual.set_block_hooks(build_token_clusters(specs, clip.visual.positional_embedding.detach()))
     if args.temperature_new > 1:

@@ -8,22 +8,27 @@ TOP_K = (1, 5, 10)
 def metrics_from_ranks(ranks, median):
     """ranks: 0-based ranks of the ground truth; `median` is the median function to apply."""
     ranks = np.asarray(ranks)
-    metrics = {f"R{k}": float(np.mean(ranks < k) * 100) for k in TOP_K}
+    metrics = {f"R{k}": float(np.sum(ranks < k)) * 100 / len(ranks) for k in TOP_K}
     metrics["MR"] = float(median(ranks)) + 1
     metrics["MeanR"] = float(np.mean(ranks)) + 1
     return metrics
 
 
 def ground_truth_ranks(sim):
-    """sim [n, n] with the ground truth on the diagonal -> rank of each row's diagonal entry: the
-    number of entries of the row strictly greater than it."""
+    """sim [n, m] with the ground truth of row i at column i -> the ranks the original emits: for
+    each row, one rank per entry equal to the diagonal one, r, r+1, ..., r+t-1, where r counts the
+    entries strictly greater and t the equal ones (the diagonal included). Ties therefore add ranks
+    (an all-equal n x n matrix gives 0 .. n-1 in every row, R@1 = 100/n); a non-finite diagonal
+    entry emits none, as inf - inf and NaN never compare equal in the original's subtraction."""
     diagonal = np.diag(sim)[:, None]
-    return (sim > diagonal).sum(axis=1)
+    greater = (sim > diagonal).sum(axis=1)
+    ties = np.where(np.isfinite(diagonal[:, 0]), (sim == diagonal).sum(axis=1), 0)
+    return np.concatenate([np.arange(r, r + t) for r, t in zip(greater, ties)])
 
 
 def compute_metrics(sim):
     """Single caption per video: metrics of the rows of `sim` [n, n] (text->video for `sim`,
-    video->text for `sim.T`); MR is numpy's median of ranks, plus one."""
+    video->text for `sim.T`), over the ranks of `ground_truth_ranks`; MR is numpy's median plus one."""
     return metrics_from_ranks(ground_truth_ranks(sim), np.median)
 
 

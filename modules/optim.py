@@ -5,6 +5,9 @@ import torch
 from torch.nn.utils import clip_grad_norm_
 
 NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")
+# Modules that live under `clip.` but are new, so they train at lr instead of lr·coef_lr (the
+# original's list; params.py imports it). The cluster tables (`tokencluster_inter`) are not among them.
+NEW_ADDED_MODULES = ("time_embedding", "frame_embedding", "deepcluster")
 MIN_LR = 1e-8
 
 
@@ -54,21 +57,33 @@ class BertAdam(torch.optim.Optimizer):
 
 
 def cosine_with_warmup(step, total_steps, warmup_steps, lr):
-    """AdamW's per-step lr: linear from MIN_LR to lr over warm-up, then cosine to zero, floored."""
-    if step < warmup_steps:
-        return MIN_LR + (lr - MIN_LR) * step / warmup_steps
-    rest = max(total_steps - warmup_steps, 1)
-    return max(0.5 * lr * (1 + math.cos(math.pi * (step - warmup_steps) / rest)), MIN_LR)
+    """AdamW's per-step lr, as the original's scheduler computes it: while step <= warmup_steps (a
+    float, inclusive), linear from MIN_LR towards lr; then 0.5·lr·(1 + cos((step − warmup) /
+    (total − warmup) · π)); both floored at MIN_LR."""
+    if warmup_steps > 0 and step <= warmup_steps:
+        value = min(1.0 * step / warmup_steps * (lr - MIN_LR) + MIN_LR, lr)
+    else:
+        value = 0.5 * lr * (1.0 + math.cos(1.0 * (step - warmup_steps) / (total_steps - warmup_steps) * math.pi))
+    return max(value, MIN_LR)
+
+
+def total_optimizer_steps(num_batches, accumulation, epochs):
+    """Length of the schedules, the original's formula: (num_batches + accumulation − 1) / accumulation
+    × epochs with true division, so it is a float when accumulation does not divide num_batches + accumulation − 1
+    (11 batches, accumulation 3, 2 epochs -> 8.667). The original then takes floor(num_batches / accumulation)
+    optimizer steps per epoch, never reaching the end of its schedule."""
+    return (num_batches + accumulation - 1) / accumulation * epochs
 
 
 class CosineSchedule:
-    """Sets every group's lr to cosine_with_warmup(step) x the group's multiplier."""
+    """Sets every group's lr to cosine_with_warmup(step) x the group's multiplier; the warm-up lasts
+    warmup_proportion · total_steps steps, a float as in the original."""
 
     def __init__(self, optimizer, lr, total_steps, warmup_proportion):
         self.optimizer = optimizer
         self.lr = lr
         self.total_steps = total_steps
-        self.warmup_steps = int(warmup_proportion * total_steps)
+        self.warmup_steps = warmup_proportion * total_steps
 
     def set_step(self, step):
         base = cosine_with_warmup(step, self.total_steps, self.warmup_steps, self.lr)
@@ -77,28 +92,50 @@ class CosineSchedule:
         return base
 
 
-def parameter_groups(model, lr, coef_lr, weight_decay, new_added_modules):
-    """Four groups: (decay | no decay) x (CLIP at lr*coef_lr | new modules at lr).
+# The original's order of the four groups: (weight decay, CLIP at lr·coef_lr).
+GROUP_ORDER = ((True, True), (False, True), (True, False), (False, False))
+
+
+def parameter_groups(model, lr, coef_lr, weight_decay, new_added_modules=NEW_ADDED_MODULES):
+    """The original's four groups in its order: CLIP with decay, CLIP without, new modules with
+    decay, new modules without. CLIP groups train at lr·coef_lr, the others at lr.
 
     No decay for names containing `bias`, `LayerNorm.bias`, `LayerNorm.weight` (CLIP's `ln_*`
     weights are decayed, as in the original). CLIP = `clip.` in the name, except names containing
-    one of `new_added_modules`.
+    one of `new_added_modules` (the cluster tables are CLIP: they train at lr·coef_lr). Every
+    parameter is listed, frozen ones included, and empty groups are kept, as the original does: a
+    frozen parameter has no gradient, so the optimizer skips it, and an original checkpoint's
+    optimizer state lines up with these groups index by index (`map_optimizer_state`).
     """
-    groups = {(decay, is_clip): [] for decay in (True, False) for is_clip in (True, False)}
+    groups = {key: [] for key in GROUP_ORDER}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
         decay = not any(nd in name for nd in NO_DECAY)
         is_clip = "clip." in name and not any(m in name for m in new_added_modules)
         groups[(decay, is_clip)].append(param)
-    return [{"params": params, "weight_decay": weight_decay if decay else 0.0,
+    return [{"params": groups[(decay, is_clip)], "weight_decay": weight_decay if decay else 0.0,
              "lr": lr * (coef_lr if is_clip else 1.0), "lr_multiplier": coef_lr if is_clip else 1.0}
-            for (decay, is_clip), params in groups.items() if params]
+            for decay, is_clip in GROUP_ORDER]
+
+
+def logged_lr(optimizer):
+    """The value the original logs as train/lr after an optimizer step. AdamW: group 0's lr, i.e.
+    lr · coef_lr · schedule of the CLIP decay group at the step just taken. BertAdam (its get_lr()[0]):
+    the scheduled lr of the first parameter, in group order, that has optimizer state, at its next
+    step; 0 before the first step."""
+    if not isinstance(optimizer, BertAdam):
+        return optimizer.param_groups[0]["lr"]
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if optimizer.state.get(param):
+                return optimizer.scheduled_lr(group, optimizer.state[param]["step"])
+    return 0.0
 
 
 def build_optimizer(model, optim, lr, coef_lr, weight_decay, betas, eps, total_steps, warmup_proportion,
-                    new_added_modules):
-    """-> (optimizer, schedule or None). BertAdam schedules itself; AdamW gets a CosineSchedule."""
+                    new_added_modules=NEW_ADDED_MODULES):
+    """-> (optimizer, schedule or None). BertAdam schedules itself; AdamW gets a CosineSchedule.
+    `total_steps` is the schedule length, `total_optimizer_steps(...)` to follow the original; BertAdam
+    uses `betas` and `eps` (the original hard-codes 0.9, 0.98, 1e-6 for it, the flags' defaults)."""
     groups = parameter_groups(model, lr, coef_lr, weight_decay, new_added_modules)
     if optim == "BertAdam":
         optimizer = BertAdam(groups, lr=lr, warmup=warmup_proportion, t_total=total_steps, b1=betas[0],
@@ -110,19 +147,92 @@ def build_optimizer(model, optim, lr, coef_lr, weight_decay, betas, eps, total_s
     raise ValueError(f"--optim {optim} is unknown; choose BertAdam or AdamW")
 
 
+ALWAYS_TRAIN = ("ln_final.", "text_projection", "logit_scale", "visual.ln_post.", "visual.proj")
+BLOCK_PREFIXES = ("visual.transformer.resblocks.", "transformer.resblocks.")
+
+
+def frozen_by_layer_num(name, freeze_layer_num):
+    """Whether --freeze_layer_num freezes the CLIP parameter `name` (a name inside `clip.`): blocks
+    below the number (a cluster table follows the block it sits in) and the embeddings; the output
+    layers in ALWAYS_TRAIN never; -1 freezes nothing."""
+    if freeze_layer_num < 0 or name.startswith(ALWAYS_TRAIN):
+        return False
+    if name.startswith(BLOCK_PREFIXES):
+        return int(name.split(".resblocks.")[1].split(".")[0]) < freeze_layer_num
+    return True
+
+
 def freeze_clip_layers(clip, freeze_layer_num, freeze_all=False):
-    """Freeze CLIP blocks below `freeze_layer_num` and the embeddings; the output layers
-    (ln_final, text_projection, logit_scale, visual.ln_post, visual.proj) always train; -1 freezes
-    nothing. `freeze_all` (--freeze_clip 1) freezes every CLIP weight. Cluster tables always train."""
-    always_train = ("ln_final.", "text_projection", "logit_scale", "visual.ln_post.", "visual.proj")
+    """Apply --freeze_layer_num (see `frozen_by_layer_num`) to `clip`. With --linear_patch 3d the
+    original's test for its 3-D patch weight `conv2` is always true, so it freezes nothing: kept, so
+    3d runs train what the original trained. `freeze_all` (--freeze_clip 1, an extension: the
+    original's code for it is commented out) freezes every CLIP weight except the cluster tables."""
+    if getattr(clip.visual, "linear_patch", "2d") == "3d" and not freeze_all:
+        return
     for name, param in clip.named_parameters():
-        if "tokencluster_inter." in name:
-            continue
         if freeze_all:
+            if "tokencluster_inter." not in name:
+                param.requires_grad = False
+        elif frozen_by_layer_num(name, freeze_layer_num):
             param.requires_grad = False
-            continue
-        if freeze_layer_num < 0 or name.startswith(always_train):
-            continue
-        if ".resblocks." in name and int(name.split(".resblocks.")[1].split(".")[0]) >= freeze_layer_num:
-            continue
-        param.requires_grad = False
+
+
+def optimizer_kind(param_groups, state):
+    """'BertAdam' or 'AdamW' from a saved optimizer's groups and state (None when unknown)."""
+    keys = set().union(*(s.keys() for s in state.values())) if state else set()
+    group_keys = set(param_groups[0]) if param_groups else set()
+    if "next_m" in keys or "t_total" in group_keys:
+        return "BertAdam"
+    if "exp_avg" in keys or "betas" in group_keys:
+        return "AdamW"
+    return None
+
+
+def map_optimizer_state(saved, optimizer):
+    """Fit a saved optimizer state dict (the original's or ours) onto `optimizer` built by
+    `build_optimizer`. Returns (state dict for `optimizer.load_state_dict`, None) when the groups
+    correspond (same optimizer, same number of groups, same number of parameters per group and every
+    saved moment shaped like the parameter at its position), else (None, the reason).
+
+    Hyperparameters follow torch's rule (the saved values win) for the keys this optimizer has; the
+    original's AdamW `lr_mult` becomes `lr_multiplier`, its other keys (`decay_mult`, BertAdam's
+    `schedule`) are dropped.
+    """
+    groups, state = saved["param_groups"], saved["state"]
+    ours = "BertAdam" if isinstance(optimizer, BertAdam) else "AdamW"
+    kind = optimizer_kind(groups, state)
+    if kind != ours:
+        return None, f"the saved optimizer is {kind or 'of an unknown kind'}, this run uses {ours} (--optim)"
+    if len(groups) != len(optimizer.param_groups):
+        return None, f"the saved optimizer has {len(groups)} parameter groups, this one {len(optimizer.param_groups)}"
+    for i, (group, current) in enumerate(zip(groups, optimizer.param_groups)):
+        reason = _group_mismatch(i, group, current, state)
+        if reason:
+            return None, reason
+    mapped = [_merged_group(group, current) for group, current in zip(groups, optimizer.param_groups)]
+    return {"state": state, "param_groups": mapped}, None
+
+
+def _group_mismatch(i, group, current, state):
+    """Why saved group i does not fit the current group (None when it does)."""
+    if group.get("schedule", "warmup_cosine") != "warmup_cosine":
+        return f"group {i} uses BertAdam schedule {group['schedule']!r}; only warmup_cosine is implemented"
+    if len(group["params"]) != len(current["params"]):
+        return f"group {i} holds {len(group['params'])} parameters in the saved optimizer, {len(current['params'])} here"
+    for position, (index, param) in enumerate(zip(group["params"], current["params"])):
+        for key, value in state.get(index, {}).items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                return (f"group {i}, parameter {position}: saved {key} has shape {tuple(value.shape)}, "
+                        f"the parameter {tuple(param.shape)}")
+    return None
+
+
+def _merged_group(group, current):
+    """The current group's hyperparameters overwritten by the saved ones it shares, with the saved
+    parameter ids (torch maps them onto the current parameters by position)."""
+    merged = {key: value for key, value in current.items() if key != "params"}
+    merged.update({key: value for key, value in group.items() if key in current and key != "params"})
+    if "lr_mult" in group:
+        merged["lr_multiplier"] = group["lr_mult"]
+    merged["params"] = list(group["params"])
+    return merged

@@ -109,8 +109,11 @@ def test_chunk_size_for_patch():
 
 def test_video_mask_after_clustering():
     mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0], [1] * 12])
-    assert video_mask_after_clustering(mask, 4).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]  # frames 2, 5, 8, 11
-    assert video_mask_after_clustering(mask, 6).tolist() == [[1, 1, 1, 0, 0, 0], [1] * 6]  # frames 1, 3, ..., 11
+    # FIX (the original keeps each segment's last frame): a segment is valid when any of its frames is.
+    assert video_mask_after_clustering(mask, 4).tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]  # frames 6-8: 6 valid
+    assert video_mask_after_clustering(mask, 6).tolist() == [[1, 1, 1, 1, 0, 0], [1] * 6]  # frames 6-7: 6 valid
+    short = torch.tensor([[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]])  # one valid frame, segments of 3 frames
+    assert video_mask_after_clustering(short, 4).tolist() == [[1, 0, 0, 0]]  # the original gives [[0, 0, 0, 0]]
     assert video_mask_after_clustering(mask, 12) is mask
     with pytest.raises(ValueError):
         video_mask_after_clustering(mask, 5)

@@ -9,10 +9,12 @@ from modules.metrics import dual_softmax, retrieval_metrics, stack_by_video
 
 
 def brute_force_metrics(sim):
-    """Rank of the diagonal entry of each row = entries strictly greater, counted by loops."""
+    """Ranks as the original emits them, by loops: each row sorted in descending order emits one
+    rank per position whose value equals the diagonal entry (ties emit several ranks)."""
     ranks = []
     for i, row in enumerate(sim):
-        ranks.append(sum(1 for j in range(len(row)) if row[j] > row[i]))
+        ordered = sorted(row, reverse=True)
+        ranks.extend(position for position, value in enumerate(ordered) if value == row[i])
     ranks = sorted(ranks)
     n = len(ranks)
     median = ranks[n // 2] if n % 2 else (ranks[n // 2 - 1] + ranks[n // 2]) / 2
@@ -25,11 +27,23 @@ def test_single_sentence_metrics_match_brute_force(n, seed):
     rng = np.random.default_rng(seed)
     sim = rng.normal(size=(n, n)).astype(np.float32)
     sim[np.arange(n), np.arange(n)] += rng.uniform(0, 2, size=n).astype(np.float32)
-    sim[0, 3] = sim[0, 0]  # a tie: not counted as greater
+    sim[0, 3] = sim[0, 0]  # a tie: row 0 emits two ranks (the original's rule, SPEC §6)
     metrics = retrieval_metrics(sim)
     for direction, matrix in (("t2v", sim), ("v2t", sim.T)):
         expected = brute_force_metrics(matrix)
         assert metrics[direction] == pytest.approx(expected)
+    assert metrics["t2v"]["R1"] != pytest.approx(100 * np.mean((sim > np.diag(sim)[:, None]).sum(1) < 1))
+
+
+def test_all_equal_matrix_scores_one_over_n():
+    """A blank test set (every similarity equal) must not score R@1 = 100: one rank per tied position."""
+    n = 8
+    metrics = retrieval_metrics(np.full((n, n), 3.5, dtype=np.float32))
+    for direction in ("t2v", "v2t"):
+        assert metrics[direction]["R1"] == pytest.approx(100 / n)
+        assert metrics[direction]["R5"] == pytest.approx(500 / n)
+        assert metrics[direction]["MR"] == pytest.approx(np.median(np.arange(n)) + 1)
+        assert metrics[direction]["MeanR"] == pytest.approx((n - 1) / 2 + 1)
 
 
 def test_multi_sentence_hand_made_case():
@@ -52,10 +66,10 @@ def test_multi_sentence_hand_made_case():
     # video->text: best caption of each video against each video.
     # best[v_caps, v] = max over captions of v_caps of sim[., v]:
     # video0 caps: [0.9, 0.5, 0.4]; video1 caps: [0.8, 0.7, 0.1]; video2 caps: [0.9, 0.8, 0.7]
-    # row = querying video v: v0 -> [0.9, 0.8, 0.9] rank 0 (tie not greater); v1 -> [0.5, 0.7, 0.8] rank 1;
-    # v2 -> [0.4, 0.1, 0.7] rank 0
-    assert metrics["v2t"]["R1"] == pytest.approx(100 * 2 / 3)
-    assert metrics["v2t"]["MR"] == 1.0 and metrics["v2t"]["MeanR"] == pytest.approx(1 + 1 / 3)
+    # row = querying video v: v0 -> [0.9, 0.8, 0.9] ranks 0 and 1 (a tie emits both); v1 -> [0.5, 0.7, 0.8]
+    # rank 1; v2 -> [0.4, 0.1, 0.7] rank 0. Ranks [0, 1, 1, 0].
+    assert metrics["v2t"]["R1"] == pytest.approx(100 * 2 / 4)
+    assert metrics["v2t"]["MR"] == 1.5 and metrics["v2t"]["MeanR"] == pytest.approx(1.5)
 
 
 def test_symmetric_infonce_by_hand():

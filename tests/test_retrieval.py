@@ -88,9 +88,7 @@ def test_heads_match_plain_references(clip_state_dict, sim_header):
         for i in range(3):
             for j in range(3):
                 x = torch.cat([raw_text[i:i + 1], frames[j]])[None]  # (1, 1 + T, D)
-                types = torch.tensor([0] + [1] * frames.shape[1])
-                x = x + sd["cross.embeddings.token_type_embeddings.weight"][types]
-                x = x + sd["cross.embeddings.position_embeddings.weight"][:x.shape[1]]
+                x = x + sd["cross.embeddings.position_embeddings.weight"][:x.shape[1]]  # no token-type table
                 keep = torch.cat([torch.ones(1), m[j].float()])
                 additive = ((1 - keep) * -1e6)[None, None, :].expand(1, x.shape[1], -1)
                 for k in range(2):

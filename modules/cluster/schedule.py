@@ -161,7 +161,11 @@ def final_frames(specs: Sequence[Optional[ClusterSpec]], max_frames: int) -> int
 
 
 def video_mask_after_clustering(video_mask: torch.Tensor, frames_out: int) -> torch.Tensor:
-    """Mask of the final segments: each keeps the mask value of its last frame (SPEC §3).
+    """Mask of the final segments: a segment is valid when any of its frames is.
+
+    FIX: the original keeps the mask of each segment's last frame, so a clip with fewer valid frames
+    than the segment length gets an all-zero mask and a zero embedding; the segment's tokens come
+    from its valid frames (short clips repeat their last frame), so it is kept here.
 
     video_mask: (B, T). frames_out: `final_frames(...)`. Returns (B, frames_out); unchanged when
     the frames were not reduced.
@@ -171,5 +175,5 @@ def video_mask_after_clustering(video_mask: torch.Tensor, frames_out: int) -> to
         return video_mask
     if total % frames_out:
         raise ValueError(f"video mask has {total} frames, not a multiple of the {frames_out} final segments")
-    d = total // frames_out
-    return video_mask[..., d - 1::d]
+    segments = video_mask.reshape(*video_mask.shape[:-1], frames_out, total // frames_out)  # (B, f, d)
+    return segments.amax(dim=-1)
