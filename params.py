@@ -10,11 +10,12 @@ import os
 import sys
 
 from dataloaders import DATALOADERS, RECOGNITION_EVAL_LOADERS
-from modules.clip import MODEL_CONFIGS
+from modules.clip import LINEAR_PATCHES, MODEL_CONFIGS
 from modules.cluster.distance import DISTANCES
 from modules.cluster.schedule import ALGORITHMS
 from modules.cluster.spectral import GRAPHS
 from modules.factory import cluster_specs_from_args
+from modules.optim import NEW_ADDED_MODULES
 from modules.precision import PRECISIONS
 from modules.retrieval import SIM_HEADERS
 from modules.tasks import TASK_TYPES
@@ -22,9 +23,6 @@ from modules.tasks.xclip_config import flag_defaults, load_config
 
 # --task_type -> its --datatype names.
 DATATYPES = {"retrieval": tuple(DATALOADERS), "recognition": tuple(RECOGNITION_EVAL_LOADERS)}
-# Names of modules that are new relative to CLIP although they live under `clip.`: they train at
-# `lr`, not `lr * coef_lr`. The cluster tables are among them (SPEC §7).
-NEW_ADDED_MODULES = ("time_embedding", "frame_embedding", "deepcluster", "tokencluster_inter")
 
 
 def add_switch(parser, name, help):
@@ -103,8 +101,9 @@ def add_model_args(parser):
     parser.add_argument("--text_num_hidden_layers", type=int, default=12, help="unused (CLIP4Clip legacy)")
     parser.add_argument("--visual_num_hidden_layers", type=int, default=12, help="unused (CLIP4Clip legacy)")
     parser.add_argument("--cross_model", type=str, default="cross-base", help="unused (CLIP4Clip legacy)")
-    parser.add_argument("--linear_patch", type=str, default="2d", choices=["2d"],
-                        help="patch projection; only 2d is implemented in CenterCLIP")
+    parser.add_argument("--linear_patch", type=str, default="2d", choices=LINEAR_PATCHES,
+                        help="patch embedding: 2d = conv1 on each frame; 3d = conv2 over 3 consecutive frames "
+                             "(stride 1, zero-padded), initialised from conv1 as CLIP4Clip; conv2 always trains")
     add_switch(parser, "--loose_type", "loose similarity (meanP/seqLSTM/seqTransf); tightTransf unsets it")
     add_switch(parser, "--do_lower_case", "unused; CLIP's tokenizer lower-cases")
     parser.add_argument("--init_model", type=optional_str, default=None,

@@ -196,14 +196,18 @@ def mismatch_message(missing, unexpected, mismatched):
     return "\n".join(lines)
 
 
-def load_model_weights(model, checkpoint):
-    """Load strictly; on any difference raise CheckpointMismatch listing the keys and the flags
-    that probably differ."""
+def load_model_weights(model, checkpoint, strict=True):
+    """Load the checkpoint's weights. Strict: on any difference raise CheckpointMismatch listing the
+    keys and the flags that probably differ. Not strict (--init_model, as the original's
+    init_preweight): load the keys whose names and shapes match, log the others."""
     state_dict = model_state_from_checkpoint(checkpoint)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     mismatched = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
-    if missing or unexpected or mismatched:
+    if strict and (missing or unexpected or mismatched):
         raise CheckpointMismatch(mismatch_message(missing, unexpected, mismatched))
-    model.load_state_dict(state_dict, strict=True)
+    if missing or unexpected or mismatched:
+        logger.warning("loading the weights that match; %s", mismatch_message(missing, unexpected, mismatched))
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in expected and k not in mismatched},
+                          strict=False)

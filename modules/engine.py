@@ -21,6 +21,7 @@ from tqdm import tqdm
 from modules import distributed as du
 from dataloaders.sources import check_video_source
 from modules.checkpoint import copy_checkpoint, save_checkpoint
+from modules.optim import logged_lr, total_optimizer_steps
 from modules.precision import autocast_context, grad_scaler
 
 logger = logging.getLogger("centerclip")
@@ -133,7 +134,8 @@ def train_one_epoch(task, model, loader, optimizer, schedule, scaler, device, ep
                                               disable=not du.is_main_process())):
         data_time = time.time() - end
         broken += sum(task.broken_videos(batch) for batch in micro_batches)
-        lr = schedule.set_step(global_step)
+        if schedule is not None:  # BertAdam schedules itself
+            schedule.set_step(global_step)
         loss = task.backward(model, micro_batches, autocast, scaler)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss is {loss.item()} at global step {global_step + 1} (epoch {epoch}, step "
@@ -144,7 +146,7 @@ def train_one_epoch(task, model, loader, optimizer, schedule, scaler, device, ep
         losses.append(loss.item())
         if global_step % args.n_display == 0 and du.is_main_process():
             scalars = {**task.loss_scalars(loss.item()), "data_time": data_time,
-                       "batch_time": time.time() - end, **task.model_scalars(plain), "lr": lr}
+                       "batch_time": time.time() - end, **task.model_scalars(plain), "lr": logged_lr(optimizer)}
             log_training(writer, scalars, epoch, step + 1, steps, global_step)
         end = time.time()
     return global_step, float(np.mean(losses)), broken
@@ -166,7 +168,7 @@ def end_of_epoch(task, model, optimizer, scaler, test_loader, device, args, writ
     for name, value in task.tensorboard_metrics(metrics).items():
         writer.add_scalar(f"val/{name}", value, global_step)
     score = task.score(metrics)
-    is_best = score > best
+    is_best = score >= best  # on a tie the later epoch wins, as the original
     best = max(best, score)
     state = checkpoint_state(task, model, optimizer, scaler, epoch + 1, global_step, best, args)
     path = os.path.join(args.output_dir, "ckpt.pth.tar")
@@ -207,9 +209,16 @@ def forget_replayed_results(output_dir, start_epoch):
         os.replace(path + ".tmp", path)
 
 
-def restore_training_state(checkpoint, optimizer, scaler):
-    """Optimizer and scaler state of a --resume checkpoint -> (start epoch, global step, best score)."""
-    optimizer.load_state_dict(checkpoint["optimizer"])
+def restore_training_state(task, checkpoint, optimizer, scaler, args):
+    """Optimizer and scaler state of a --resume checkpoint -> (start epoch, global step, best score).
+    An optimizer state that does not fit this optimizer (e.g. an original checkpoint of another
+    layout) is skipped with a warning: training goes on from the weights with a fresh optimizer."""
+    state, reason = task.optimizer_state(checkpoint["optimizer"], optimizer)
+    if state is None:
+        logger.warning("the optimizer state of %s is not resumed (%s); the optimizer starts afresh", args.resume,
+                       reason)
+    else:
+        optimizer.load_state_dict(state)
     if "scaler" in checkpoint and scaler.is_enabled():
         scaler.load_state_dict(checkpoint["scaler"])
     start_epoch, global_step, best = checkpoint["epoch"], checkpoint["global_step"], checkpoint["best_acc1"]
@@ -217,11 +226,11 @@ def restore_training_state(checkpoint, optimizer, scaler):
     return start_epoch, global_step, best
 
 
-def wrap_distributed(task, model, device, args):
+def wrap_distributed(model, device):
+    """DDP without find_unused_parameters: parameters a model never uses do not require gradients."""
     if not du.is_distributed():
         return model
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   find_unused_parameters=task.find_unused_parameters(args))
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def train(task, model, device, args, checkpoint, main_work):
@@ -232,15 +241,15 @@ def train(task, model, device, args, checkpoint, main_work):
     train_loader, train_length, sampler = task.train_loader(args)
     check_loader(task, train_loader, train_length, "training", args, args.batch_size)
     test_loader = evaluation_loader(task, args)
-    total_steps = math.ceil(len(train_loader) / args.gradient_accumulation_steps) * args.epochs
-    logger.info("training on %d samples: %d batches per epoch, %d optimizer steps", train_length,
+    total_steps = total_optimizer_steps(len(train_loader), args.gradient_accumulation_steps, args.epochs)
+    logger.info("training on %d samples: %d batches per epoch, %.4g optimizer steps", train_length,
                 len(train_loader), total_steps)
     optimizer, schedule = task.build_optimizer(model, args, total_steps)
     scaler = grad_scaler(args.precision, device)
     start_epoch, global_step, best = 0, 0, 0.0
     if checkpoint is not None and not args.load_from_pretrained:
-        start_epoch, global_step, best = restore_training_state(checkpoint, optimizer, scaler)
-    wrapped = wrap_distributed(task, model, device, args)
+        start_epoch, global_step, best = restore_training_state(task, checkpoint, optimizer, scaler, args)
+    wrapped = wrap_distributed(model, device)
     writer = None
     if du.is_main_process():
         forget_replayed_results(args.output_dir, start_epoch)

@@ -33,13 +33,10 @@ def cluster_specs_from_args(args, config):
 
 def create_model(args, clip_state_dict):
     """CLIP from its weights (fp32; --linear_patch 3d adds conv2), token clustering in the image tower,
-    the similarity head initialised from CLIP, and `logit_scale` overwritten by --temperature_new
-    when it is > 1."""
+    and the similarity head initialised from CLIP."""
     clip = build_clip(clip_state_dict, linear_patch=args.linear_patch)
     specs = cluster_specs_from_args(args, clip.config)
     clip.visual.set_block_hooks(build_token_clusters(specs, clip.visual.positional_embedding.detach()))
-    if args.temperature_new > 1:
-        clip.logit_scale.data.fill_(args.temperature_new)
     model = RetrievalModel(clip, sim_header=args.sim_header, cross_num_hidden_layers=args.cross_num_hidden_layers)
     model.init_heads_from_clip(clip_state_dict)
     blocks = [s.block for s in specs if s is not None]
@@ -74,12 +71,16 @@ def clip_weights(args, checkpoint):
 
 
 def build_retrieval_model(args):
-    """The retrieval model of the flags with the weights of --init_model, then of --resume, loaded.
-    Returns (model, the --resume checkpoint or None)."""
+    """The retrieval model of the flags, in the original's order: CLIP's weights, then --init_model's
+    (not strict: the keys that match, the others logged), then --temperature_new > 1 written into
+    `logit_scale`, then --resume's weights (strict). Returns (model, the --resume checkpoint or None)."""
     checkpoint = resume_checkpoint(args)
     model = create_model(args, clip_weights(args, checkpoint))
     if args.init_model:
-        load_model_weights(model, read_checkpoint(args.init_model, unsafe=bool(args.unsafe_load_checkpoint)))
+        init = read_checkpoint(args.init_model, unsafe=bool(args.unsafe_load_checkpoint))
+        load_model_weights(model, init, strict=False)
+    if args.temperature_new > 1:
+        model.clip.logit_scale.data.fill_(args.temperature_new)
     if checkpoint is not None:
         load_model_weights(model, checkpoint)
     return model, checkpoint

@@ -154,8 +154,11 @@ BLOCK_PREFIXES = ("visual.transformer.resblocks.", "transformer.resblocks.")
 def frozen_by_layer_num(name, freeze_layer_num):
     """Whether --freeze_layer_num freezes the CLIP parameter `name` (a name inside `clip.`): blocks
     below the number (a cluster table follows the block it sits in) and the embeddings; the output
-    layers in ALWAYS_TRAIN never; -1 freezes nothing."""
-    if freeze_layer_num < 0 or name.startswith(ALWAYS_TRAIN):
+    layers in ALWAYS_TRAIN and the 3-D patch weight `visual.conv2` never; -1 freezes nothing.
+
+    FIX: with --linear_patch 3d the original meant to keep only conv2 trainable, but its test
+    (`name.find("conv2.")`, true for every name) froze nothing at all."""
+    if freeze_layer_num < 0 or name.startswith(ALWAYS_TRAIN) or name.startswith("visual.conv2."):
         return False
     if name.startswith(BLOCK_PREFIXES):
         return int(name.split(".resblocks.")[1].split(".")[0]) < freeze_layer_num
@@ -163,12 +166,9 @@ def frozen_by_layer_num(name, freeze_layer_num):
 
 
 def freeze_clip_layers(clip, freeze_layer_num, freeze_all=False):
-    """Apply --freeze_layer_num (see `frozen_by_layer_num`) to `clip`. With --linear_patch 3d the
-    original's test for its 3-D patch weight `conv2` is always true, so it freezes nothing: kept, so
-    3d runs train what the original trained. `freeze_all` (--freeze_clip 1, an extension: the
-    original's code for it is commented out) freezes every CLIP weight except the cluster tables."""
-    if getattr(clip.visual, "linear_patch", "2d") == "3d" and not freeze_all:
-        return
+    """Apply --freeze_layer_num (see `frozen_by_layer_num`) to `clip`. `freeze_all` (--freeze_clip 1,
+    an extension: the original's code for it is commented out) freezes every CLIP weight except the
+    cluster tables."""
     for name, param in clip.named_parameters():
         if freeze_all:
             if "tokencluster_inter." not in name:
@@ -198,6 +198,8 @@ def map_optimizer_state(saved, optimizer):
     original's AdamW `lr_mult` becomes `lr_multiplier`, its other keys (`decay_mult`, BertAdam's
     `schedule`) are dropped.
     """
+    if not isinstance(saved, dict) or "param_groups" not in saved or "state" not in saved:
+        return None, "the checkpoint holds no optimizer state"
     groups, state = saved["param_groups"], saved["state"]
     ours = "BertAdam" if isinstance(optimizer, BertAdam) else "AdamW"
     kind = optimizer_kind(groups, state)

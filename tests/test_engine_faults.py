@@ -142,3 +142,12 @@ def test_seeds_derived_per_epoch_and_rank_stay_in_numpy_range():
     first = np.random.rand(), torch.rand(1).item()
     engine.seed_everything(9)  # (2**32 + 4) * 2 + 1 wraps to 9
     assert (np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_features_path_typo_fails_at_start_naming_the_flag(workspace, tmp_path):
+    root, msvd = workspace
+    flags = train_flags(root, msvd, tmp_path / "run", "--batch_size", "2")
+    flags[flags.index("--features_path") + 1] += "_typo"
+    with pytest.raises(FileNotFoundError, match="--features_path"):
+        main_module.main(flags)
+    assert not (tmp_path / "run" / "ckpt.pth.tar").exists() and not (tmp_path / "run" / "tensorboard").exists()

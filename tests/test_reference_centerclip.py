@@ -43,13 +43,8 @@ def train_ref():
 
 
 def build_ours(tmp_path, head, *extra):
-    """The project's model of the reference flags and weights (new parameters as the script set them).
-    --linear_patch is set on the parsed arguments: params.py accepts only 2d until "3d" joins its choices."""
-    extra = list(extra)
-    linear_patch = extra.pop(extra.index("--linear_patch") + 1) if "--linear_patch" in extra else "2d"
-    extra = [e for e in extra if e != "--linear_patch"]
+    """The project's model of the reference flags and weights (new parameters as the script set them)."""
     args = params.get_args(["--output_dir", str(tmp_path), *setup.flags(head, *extra)])
-    args.linear_patch = linear_patch
     model = create_model(args, setup.clip_state_dict())
     named = dict(model.named_parameters())
     with torch.no_grad():
@@ -138,7 +133,13 @@ def test_freeze_layer_num_freezes_what_the_original_freezes(tmp_path, setting):
     unused = {n for n, p in model.named_parameters() if not p.requires_grad}  # never trained, see freeze_unused_parameters
     freeze_clip_layers(model.clip, n)
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad} - unused
-    assert frozen == set(reference("freeze.json")[setting])
+    if extra:
+        # FIX: the original freezes nothing with 3d (its conv2 test is always true); ours freezes as
+        # with 2d, except conv2 (new, trains) and conv1 (unused with 3d, never trained).
+        assert reference("freeze.json")[setting] == []
+        setting = setting.split()[0]
+        assert "clip.visual.conv2.weight" not in frozen
+    assert frozen == set(reference("freeze.json")[setting]) - unused
 
 
 @pytest.mark.parametrize("optim", ["BertAdam", "AdamW"])

@@ -17,21 +17,11 @@ from modules.clip import convert_weights_to_fp16
 from modules.engine import NonFiniteEvaluation, check_broken_share, move_batch
 from modules.factory import build_retrieval_model
 from modules.metrics import dual_softmax, retrieval_metrics
-from modules.optim import build_optimizer, freeze_clip_layers, warmup_cosine
+from modules.optim import build_optimizer, freeze_clip_layers, map_optimizer_state
 from modules.tokenizer import SimpleTokenizer
 
 logger = logging.getLogger("centerclip")
 LOGIT_SCALE_RANGE = (0.1, 4.6052)  # [0.1, ln 100], as the original clamps it
-
-
-class BertAdamLearningRate:
-    """The lr BertAdam applies at a step (it schedules itself), for the logs."""
-
-    def __init__(self, lr, total_steps, warmup_proportion):
-        self.lr, self.total_steps, self.warmup_proportion = lr, total_steps, warmup_proportion
-
-    def set_step(self, step):
-        return self.lr * warmup_cosine(step / self.total_steps, self.warmup_proportion)
 
 
 class RetrievalTask:
@@ -45,8 +35,13 @@ class RetrievalTask:
         """The model of the flags with --init_model / --resume weights, layers frozen for training,
         fp16 weights for --precision fp16. Returns (model on device, the --resume checkpoint or None)."""
         model, checkpoint = build_retrieval_model(args)
+        args.image_resolution = model.clip.config.image_resolution  # the loaders make frames this size
         if args.do_train:
             freeze_clip_layers(model.clip, args.freeze_layer_num, bool(args.freeze_clip))
+            if not any(p.requires_grad for p in model.parameters()):
+                raise ValueError(f"--freeze_clip 1 freezes all of CLIP and --sim_header {args.sim_header} adds "
+                                 "nothing to train; use a head with weights (seqTransf, seqLSTM, tightTransf), "
+                                 "--cluster_embedding 1, or --freeze_clip 0")
         if args.precision == "fp16":
             convert_weights_to_fp16(model.clip)
         return model.to(device), checkpoint
@@ -60,14 +55,16 @@ class RetrievalTask:
         return loader, length
 
     def build_optimizer(self, model, args, total_steps):
-        optimizer, schedule = build_optimizer(model, args.optim, args.lr, args.coef_lr, args.wd,
-                                              (args.beta1, args.beta2), args.eps, total_steps,
-                                              args.warmup_proportion, args.new_added_modules)
-        return optimizer, schedule or BertAdamLearningRate(args.lr, total_steps, args.warmup_proportion)
+        """The original's four groups; BertAdam schedules itself (schedule None), AdamW gets a
+        CosineSchedule."""
+        return build_optimizer(model, args.optim, args.lr, args.coef_lr, args.wd, (args.beta1, args.beta2),
+                               args.eps, total_steps, args.warmup_proportion, args.new_added_modules)
 
     @staticmethod
-    def find_unused_parameters(args):
-        return bool(args.cluster_frame_embedding) or args.sim_header == "seqLSTM"  # tables the forward never uses
+    def optimizer_state(saved, optimizer):
+        """An optimizer state of ours or of the original fitted to `optimizer`: (state, None) or
+        (None, why it does not fit)."""
+        return map_optimizer_state(saved, optimizer)
 
     @staticmethod
     def video_paths(dataset):
@@ -101,7 +98,7 @@ class RetrievalTask:
 
     @staticmethod
     def model_scalars(model):
-        return {"scale": model.clip.logit_scale.exp().item()}
+        return {"scale": model.clip.logit_scale.item()}  # the raw (log) value, as the original logs it
 
     @staticmethod
     def tensorboard_metrics(metrics):
