@@ -63,7 +63,7 @@ def add_data_args(parser):
 
 def add_optim_args(parser):
     parser.add_argument("--epochs", type=int, default=20, help="number of training epochs")
-    parser.add_argument("--batch_size", type=int, default=256, help="training batch size per process")
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=256, help="training batch size per process")
     parser.add_argument("--batch_size_val", type=int, default=3500, help="evaluation batch size")
     parser.add_argument("--lr", type=float, default=1e-4, help="learning rate of new modules")
     parser.add_argument("--lr_decay", type=float, default=0.9, help="unused (CLIP4Clip legacy)")
@@ -74,7 +74,7 @@ def add_optim_args(parser):
     parser.add_argument("--wd", type=float, default=0.2, help="weight decay")
     parser.add_argument("--optim", type=str, default="BertAdam", choices=["BertAdam", "AdamW"], help="optimizer")
     parser.add_argument("--warmup_proportion", type=float, default=0.1, help="share of steps with linear warm-up")
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1,
+    parser.add_argument("--gradient_accumulation_steps", "--accumulation-steps", type=int, default=1,
                         help="micro-steps per optimizer step; --batch_size is divided by it")
     parser.add_argument("--clip_grad_norm", type=float, default=1.0, help="max global gradient norm")
     parser.add_argument("--freeze_layer_num", type=int, default=0, help="freeze CLIP blocks below this; -1 none")
@@ -92,6 +92,8 @@ def add_optim_args(parser):
 def add_model_args(parser):
     parser.add_argument("--pretrained_clip_name", type=str, default="ViT-B/32",
                         help=f"CLIP weights, one of {', '.join(MODEL_CONFIGS)}")
+    parser.add_argument("--pretrained", dest="pretrained_clip_path", type=optional_str, default=None,
+                        help="a CLIP weights file to use instead of <pretrained_dir>/<name>.pt (X-CLIP's flag)")
     parser.add_argument("--pretrained_dir", type=str, default=os.path.expanduser("~/models/pretrained"),
                         help="folder holding ViT-B-32.pt etc.")
     parser.add_argument("--download_clip", type=int, default=0,
@@ -185,9 +187,10 @@ def add_distributed_args(parser):
 
 def add_recognition_args(parser):
     group = parser.add_argument_group("video recognition (X-CLIP, --task_type recognition)")
-    group.add_argument("--config", type=str, default=None,
+    group.add_argument("--config", "-cfg", type=str, default=None,
                        help="an X-CLIP YAML config (e.g. configs/k400/32_8.yaml): its values become defaults, "
                             "flags given here win; implies --task_type recognition")
+    group.add_argument("--only_test", action="store_true", help="X-CLIP's flag: --do_train 0 --do_eval 1")
     group.add_argument("--opts", nargs="+", default=None, metavar="KEY VALUE",
                        help="override config keys, e.g. --opts TEST.NUM_CLIP 4 TEST.NUM_CROP 3")
     group.add_argument("--train_list", type=str, default=None, help="training list file: `relative/path label`")
@@ -213,7 +216,7 @@ def recognition_defaults(argv):
     (--task_type recognition or a --config); else {}."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--task_type", default="retrieval")
-    pre.add_argument("--config", default=None)
+    pre.add_argument("--config", "-cfg", default=None)
     pre.add_argument("--opts", nargs="+", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.task_type != "recognition" and known.config is None:
@@ -331,6 +334,8 @@ def get_args(argv=None):
     try:
         parser.set_defaults(**{"xclip_config": None, **recognition_defaults(argv)})
         args = parser.parse_args(argv)
+        if args.only_test:
+            args.do_train, args.do_eval = 0, 1
         check_args(args)
     except ValueError as err:
         parser.error(str(err))

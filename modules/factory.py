@@ -4,7 +4,7 @@ import logging
 import os
 
 from modules.checkpoint import load_model_weights, model_state_from_checkpoint, read_checkpoint
-from modules.clip import SCRATCH_MODELS, build_clip, load_clip_state_dict, random_clip_state_dict
+from modules.clip import SCRATCH_MODELS, build_clip, load_clip_state_dict, random_clip_state_dict, read_clip_state_dict
 from modules.cluster.schedule import build_cluster_specs, chunk_size_for
 from modules.cluster.token_cluster import build_token_clusters
 from modules.retrieval import RetrievalModel
@@ -60,6 +60,10 @@ def clip_weights(args, checkpoint):
     Sizes trained from scratch (`demo-small`) start from OpenAI's random initialisation."""
     if args.pretrained_clip_name in SCRATCH_MODELS:
         return random_clip_state_dict(args.pretrained_clip_name, seed=args.seed)
+    if args.pretrained_clip_path:
+        if not os.path.isfile(args.pretrained_clip_path):
+            raise FileNotFoundError(f"--pretrained {args.pretrained_clip_path} does not exist")
+        return read_clip_state_dict(args.pretrained_clip_path)
     try:
         return load_clip_state_dict(args.pretrained_clip_name, args.pretrained_dir, download=bool(args.download_clip))
     except FileNotFoundError as err:

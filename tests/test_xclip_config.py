@@ -102,3 +102,13 @@ def test_recognition_flags_are_checked(tmp_path):
     result = subprocess.run([sys.executable, "params.py", "--output_dir", str(tmp_path), "--datatype", "video_list"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "--datatype video_list is not a retrieval dataset" in result.stderr
+
+
+def test_the_originals_command_line_maps_over(tmp_path, config):
+    """X-CLIP's README test command, with its training flags added."""
+    args = get_args(["-cfg", config, "--output", str(tmp_path), "--only_test", "--resume", "k400_32_8.pth",
+                     "--opts", "TEST.NUM_CLIP", "4", "TEST.NUM_CROP", "3", "--batch-size", "4",
+                     "--accumulation-steps", "2", "--pretrained", "ViT-B-32.pt"])
+    assert (args.output_dir, args.do_train, args.do_eval, args.resume) == (str(tmp_path), 0, 1, "k400_32_8.pth")
+    assert (args.num_clips, args.num_crops, args.batch_size, args.gradient_accumulation_steps) == (4, 3, 4, 2)
+    assert args.pretrained_clip_path == "ViT-B-32.pt"

@@ -14,6 +14,7 @@ from modules import distributed as du
 from modules.engine import NonFiniteEvaluation, check_broken_share, move_batch
 from modules.factory import build_recognition_model
 from modules.precision import autocast_context
+from modules.tasks.xclip_config import unused_keys
 from modules.xclip import tokenize_class_names
 
 logger = logging.getLogger("centerclip")
@@ -26,6 +27,9 @@ class RecognitionTask:
     def __init__(self, args):
         self.class_names = read_class_names(args.labels_csv)
         self.text_ids = tokenize_class_names(self.class_names)  # (K, 77)
+        if args.config and unused_keys(args.xclip_config):
+            logger.warning("%s sets %s, which this version does not use yet", args.config,
+                           ", ".join(unused_keys(args.xclip_config)))
         configured = args.xclip_config["DATA.NUM_CLASSES"] if args.config else None
         if configured is not None and configured != len(self.class_names):
             logger.warning("DATA.NUM_CLASSES is %d but %s lists %d classes; the CSV decides", configured,

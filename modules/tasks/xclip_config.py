@@ -31,13 +31,15 @@ PRECISION_OF_OPT_LEVEL = {"O0": "fp32", "O1": "amp", "O2": "fp16"}
 FLAG_OF_KEY = {
     "DATA.ROOT": "features_path", "DATA.TRAIN_FILE": "train_list", "DATA.VAL_FILE": "val_list",
     "DATA.LABEL_LIST": "labels_csv", "DATA.NUM_FRAMES": "max_frames", "MODEL.ARCH": "pretrained_clip_name",
-    "MODEL.RESUME": "resume", "TRAIN.EPOCHS": "epochs", "TRAIN.WEIGHT_DECAY": "wd", "TRAIN.LR": "lr",
-    "TRAIN.BATCH_SIZE": "batch_size", "TRAIN.ACCUMULATION_STEPS": "gradient_accumulation_steps",
-    "TRAIN.OPT_LEVEL": "precision", "TEST.NUM_CLIP": "num_clips", "TEST.NUM_CROP": "num_crops",
-    "OUTPUT": "output_dir", "PRINT_FREQ": "n_display", "SEED": "seed",
+    "MODEL.RESUME": "resume", "MODEL.PRETRAINED": "pretrained_clip_path", "TRAIN.EPOCHS": "epochs",
+    "TRAIN.WEIGHT_DECAY": "wd", "TRAIN.LR": "lr", "TRAIN.BATCH_SIZE": "batch_size",
+    "TRAIN.ACCUMULATION_STEPS": "gradient_accumulation_steps", "TRAIN.OPT_LEVEL": "precision",
+    "TEST.NUM_CLIP": "num_clips", "TEST.NUM_CROP": "num_crops", "PRINT_FREQ": "n_display", "SEED": "seed",
 }
-# Keys read elsewhere (the recognition task checks them against the labels CSV and the model).
-CHECKED_KEYS = ("DATA.NUM_CLASSES", "DATA.INPUT_SIZE", "DATA.DATASET", "TEST.ONLY_TEST", "MODEL.PRETRAINED")
+# Keys read elsewhere: the recognition task checks them against the labels CSV and the model.
+# OUTPUT is not read: --output_dir is required (the original's --output, default `exp`, also
+# always overrode it).
+CHECKED_KEYS = ("DATA.NUM_CLASSES", "DATA.INPUT_SIZE", "DATA.DATASET", "TEST.ONLY_TEST", "OUTPUT")
 
 
 class ConfigError(ValueError):
@@ -137,8 +139,9 @@ def flag_defaults(config):
     return defaults
 
 
-def unused_keys(config):
-    """Keys set to something other than their default that no flag or check reads yet."""
-    flat, default = flatten(config), flatten(XCLIP_DEFAULTS)
+def unused_keys(flat):
+    """Keys of a flattened configuration set to something other than their default that no flag
+    or check reads yet."""
+    default = flatten(XCLIP_DEFAULTS)
     return sorted(k for k, v in flat.items()
                   if k not in FLAG_OF_KEY and k not in CHECKED_KEYS and k != "BASE" and v != default[k])
