@@ -15,7 +15,7 @@ from modules.cluster.distance import DISTANCES
 from modules.cluster.schedule import ALGORITHMS
 from modules.cluster.spectral import GRAPHS
 from modules.factory import cluster_specs_from_args
-from modules.optim import NEW_ADDED_MODULES
+from modules.optim import NEW_ADDED_MODULES, OPTIMIZERS
 from modules.precision import PRECISIONS
 from modules.retrieval import SIM_HEADERS
 from modules.tasks import TASK_TYPES
@@ -72,7 +72,7 @@ def add_optim_args(parser):
     parser.add_argument("--beta2", type=float, default=0.98, help="Adam beta 2")
     parser.add_argument("--eps", type=float, default=1e-6, help="Adam epsilon")
     parser.add_argument("--wd", type=float, default=0.2, help="weight decay")
-    parser.add_argument("--optim", type=str, default="BertAdam", choices=["BertAdam", "AdamW"], help="optimizer")
+    parser.add_argument("--optim", type=str, default="BertAdam", choices=OPTIMIZERS, help="optimizer")
     parser.add_argument("--warmup_proportion", type=float, default=0.1, help="share of steps with linear warm-up")
     parser.add_argument("--gradient_accumulation_steps", "--accumulation-steps", type=int, default=1,
                         help="micro-steps per optimizer step; --batch_size is divided by it")

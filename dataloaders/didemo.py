@@ -3,7 +3,7 @@ import os
 
 from .annotations import malformed, read_json, read_lines, require_pairs, video_files
 from .base import Pair, RetrievalDataset, paragraph_window
-from .loaders import lmdb_path, make_reader
+from .loaders import make_reader
 
 LIST_FORMAT = "{split}_list.txt: one video file name per line"
 DATA_FORMAT = '{split}_data.json: [{{"video": ..., "description": ..., "times": [...]}}, ...]'
@@ -58,5 +58,5 @@ def load_pairs(data_path, features_path, split, lmdb=None):
 
 
 def build_dataset(args, tokenizer, split):
-    pairs = load_pairs(args.data_path, args.features_path, split, lmdb_path(args))
+    pairs = load_pairs(args.data_path, args.features_path, split, args.lmdb_dataset)
     return RetrievalDataset(pairs, tokenizer, make_reader(args, split == "train"), args.max_words)

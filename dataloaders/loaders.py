@@ -6,18 +6,12 @@ from torch.utils.data.distributed import DistributedSampler
 from .video_reader import VideoReader
 
 
-def lmdb_path(args):
-    """``--lmdb_dataset`` or None; the original's scripts also pass the string "None"."""
-    value = getattr(args, "lmdb_dataset", None)
-    return None if value in (None, "", "None") else value
-
-
 def make_reader(args, train):
     """The clip reader of a split: ``--max_frames`` frames, TSN sampling when ``train``, square
     frames of the model's input size ``args.image_resolution`` (set from the built CLIP; 224, the
     released models' size, when absent)."""
     image_size = getattr(args, "image_resolution", None) or 224
-    return VideoReader(args.max_frames, train, lmdb_path=lmdb_path(args), image_size=image_size)
+    return VideoReader(args.max_frames, train, lmdb_path=args.lmdb_dataset, image_size=image_size)
 
 
 def make_train_loader(dataset, args):

@@ -3,7 +3,7 @@ import os
 
 from .annotations import malformed, read_lines, read_pickle, require_pairs, video_files
 from .base import Pair, RetrievalDataset
-from .loaders import lmdb_path, make_reader
+from .loaders import make_reader
 
 LIST_FORMAT = "{split}_list.txt: one video id per line"
 CAPTIONS_FORMAT = "raw-captions.pkl: a pickled dict video id -> list of captions, each a list of words"
@@ -53,7 +53,7 @@ def load_pairs(data_path, features_path, split, lmdb=None):
 
 
 def build_dataset(args, tokenizer, split):
-    pairs, cut_off_points = load_pairs(args.data_path, args.features_path, split, lmdb_path(args))
+    pairs, cut_off_points = load_pairs(args.data_path, args.features_path, split, args.lmdb_dataset)
     train = split == "train"
     return RetrievalDataset(pairs, tokenizer, make_reader(args, train), args.max_words,
                             cut_off_points=None if train else cut_off_points)

@@ -8,6 +8,7 @@ NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")
 # Modules that live under `clip.` but are new, so they train at lr instead of lr·coef_lr (the
 # original's list; params.py imports it). The cluster tables (`tokencluster_inter`) are not among them.
 NEW_ADDED_MODULES = ("time_embedding", "frame_embedding", "deepcluster")
+OPTIMIZERS = ("BertAdam", "AdamW")
 MIN_LR = 1e-8
 
 
