@@ -69,7 +69,7 @@ def test_folder_scan(videos, full):
 
 def test_lmdb_scan_and_outputs(videos, tmp_path, capsys):
     lmdb_path = str(tmp_path / "videos.lmdb")
-    folder_to_lmdb(str(videos), lmdb_path, map_size_gb=0.05, progress=False)
+    folder_to_lmdb(str(videos), lmdb_path, map_size_gb=0.05, progress=False, extensions=None)
     broken, report = tmp_path / "out" / "broken.txt", tmp_path / "out" / "report.json"
     rows = main(["--lmdb", lmdb_path, "--workers", "2", "--broken_list", str(broken), "--report", str(report)])
     expected = {**EXPECTED, "readme.txt": ("undecodable", 0)}  # an LMDB key is checked whatever its name
