@@ -1,17 +1,22 @@
 """Find videos that training cannot read: decode every video of a folder or an LMDB.
 
-    python preprocess/check_video.py --video_folder VIDEOS
+    python preprocess/check_video.py --video_folder VIDEOS          # VIDEOS.broken.txt, VIDEOS.report.csv
+    python preprocess/check_video.py --lmdb videos.lmdb --output reports/
     python preprocess/check_video.py --lmdb videos.lmdb --broken_list broken.txt --report frames.json
 
 Each video goes through the project's decoder (``dataloaders.decode.read_frames``, what the
 data loaders use), by default decoding every frame so that damage anywhere is found. A video
 is ``ok``, ``empty`` (no bytes, or no frames) or ``undecodable`` (anything else that fails,
-with the error). Broken videos never stop the scan. Written at the end:
+with the error). Broken videos never stop the scan. Written at the end, beside the input
+(``<input>.broken.txt``, ``<input>.report.csv``), or in ``--output`` (``broken_videos.txt``,
+``video_report.csv``), or where the two flags below say:
 
 - ``--broken_list``: one broken video per line (its path in folder mode, its key in LMDB
   mode), ready to exclude or re-download;
 - ``--report``: every video with its status, frame count, header frame count, size, frame
   rate and error, as CSV or JSON (by the file's extension).
+
+The exit status is 1 when a video is broken, 0 when all are readable.
 """
 import argparse
 import csv
@@ -102,10 +107,22 @@ def scan(video_folder=None, lmdb_path=None, workers=1, max_frames=12, full=True,
         if not os.path.isdir(video_folder):
             raise FileNotFoundError(f"--video_folder {video_folder} is not a directory")
         worker, jobs = _check_path, [(path, max_frames, full) for path in walk_files(video_folder, extensions)]
+    if not jobs:
+        raise ValueError(f"{video_folder or lmdb_path} holds no video to check")
     with Pool(max(1, workers)) as pool:
         rows = list(tqdm(pool.imap_unordered(worker, jobs, chunksize=4), total=len(jobs), desc="check",
                          unit="video", disable=not progress))
     return sorted(rows, key=lambda row: row["video"])
+
+
+def output_paths(args):
+    """(broken list, report) paths: the flags, else in ``--output``, else beside the input."""
+    if args.output:
+        defaults = os.path.join(args.output, "broken_videos.txt"), os.path.join(args.output, "video_report.csv")
+    else:
+        source = os.path.abspath(args.video_folder or args.lmdb)  # no trailing slash
+        defaults = source + ".broken.txt", source + ".report.csv"
+    return args.broken_list or defaults[0], args.report or defaults[1]
 
 
 def write_atomically(path, write):
@@ -149,11 +166,12 @@ def build_parser():
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--video_folder", help="folder of videos (walked recursively)")
     source.add_argument("--lmdb", help="LMDB built by preprocess/folder2lmdb.py (every key is checked)")
-    parser.add_argument("--broken_list", default="broken_videos.txt",
-                        help="output: one broken video per line, its path or LMDB key (default %(default)s)")
-    parser.add_argument("--report", default="video_report.csv",
-                        help="output: status and frame count of every video, .csv or .json "
-                             "(default %(default)s)")
+    parser.add_argument("--output", help="folder for broken_videos.txt and video_report.csv (default: "
+                                         "beside the input, as <input>.broken.txt and <input>.report.csv)")
+    parser.add_argument("--broken_list", help="output: one broken video per line, its path or LMDB key "
+                                              "(default: see --output)")
+    parser.add_argument("--report", help="output: status and frame count of every video, .csv or .json "
+                                         "(default: see --output)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
                         help="parallel decoding processes (default: the number of CPUs)")
     parser.add_argument("--max_frames", type=int, default=12,
@@ -174,13 +192,14 @@ def main(argv=None):
                     None if args.all_files else VIDEO_EXTENSIONS)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"check_video: {error}")
-    write_broken_list(rows, args.broken_list)
-    write_report(rows, args.report)
+    broken_list, report = output_paths(args)
+    write_broken_list(rows, broken_list)
+    write_report(rows, report)
     print(summary(rows))
     for row in rows:
         if row["status"] != "ok":
             print(f"  {row['status'].upper()} {row['video']}: {row['error']}")
-    print(f"broken list: {args.broken_list}; report: {args.report}")
+    print(f"broken list: {broken_list}; report: {report}")
     return rows
 
 

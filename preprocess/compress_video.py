@@ -6,15 +6,12 @@ Sub-folders of ``--input_root`` are mirrored under ``--output_root``. Everything
 PyAV (its wheels carry FFmpeg and libx264), so no ``ffmpeg`` binary is needed. Only the first
 video stream is kept; audio and subtitles are dropped.
 
-Frame-rate conversion picks frames by timestamp, with the rule of FFmpeg's fps filter and its
-default rounding ("near"): every input frame's time t, counted from the first frame, is
-rounded to the nearest output slot, floor(t * fps + 1/2); output frame k is the last input
-frame rounded to a slot <= k, i.e. the last one with t * fps < k + 1/2 (a frame exactly half
-way goes to the later slot). There are round(duration * fps) output frames (at least one),
-the duration ending one input frame period after the last frame: a 10 s clip gives 30 frames
-at 3 fps whatever its input rate, and a slower input repeats frames. Times come from the
-packets (see ``presentation_times``) as exact fractions of the container's time base, so no
-floating-point rounding enters.
+The decoded frames go through an FFmpeg filter graph: ``fps`` with its defaults picks frames by
+timestamp (each input frame's time, counted from the first frame, is rounded to the nearest
+output slot; an output frame shows the last input frame rounded to its slot or earlier; the
+input ends one input frame period after its last frame, so a 10 s clip gives 30 frames at 3 fps
+whatever its rate), then ``scale`` (bicubic) and ``format`` make yuv420p frames of the output
+size. Timestamps are read from the packets (see ``presentation_times``).
 
 An output is written under a temporary name and renamed when complete, so an interrupted run
 never leaves a file that looks finished; existing outputs are skipped on the next run. A bad
@@ -29,6 +26,7 @@ from fractions import Fraction
 from multiprocessing import Pool
 
 import av
+import av.filter
 from tqdm import tqdm
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".3gp", ".mpg", ".mpeg", ".m4v",
@@ -122,14 +120,14 @@ def first_video_stream(container):
 
 
 def presentation_times(source):
-    """Time in seconds (a Fraction) of every frame in display order, read from the packets.
+    """Timestamp (in the stream's time base) of every frame in display order, from the packets.
 
     The i-th frame shown is the packet with the i-th smallest timestamp: decoders can hand out
     scrambled frame timestamps (AVI files with B-frames do), the packets' are right. Packets
     that are empty or flagged to be discarded (edit lists) are not frames.
 
     Returns:
-        sorted list of times, or None when a packet has no timestamp.
+        sorted list of ints, or None when a packet has no timestamp.
     Raises:
         InputError: a packet was cut off (truncated or damaged file).
     """
@@ -143,50 +141,72 @@ def presentation_times(source):
                 continue
             if packet.pts is None:
                 return None
-            times.append(packet.pts * Fraction(stream.time_base))
+            times.append(packet.pts)
     return sorted(times)
 
 
-def timed(frames, times, rate):
-    """(frame, time) pairs: the i-th frame gets ``times[i]``; frames without a packet time
-    (``times`` None or too short) follow the previous one by one period of ``rate``."""
-    previous = None
-    for index, frame in enumerate(frames):
-        if times is not None and index < len(times):
-            previous = times[index]
-        else:
-            previous = Fraction(index) / rate if previous is None else previous + 1 / rate
-        yield frame, previous
+def frame_ticks(times, index, period):
+    """Timestamp of the ``index``-th frame shown, in ticks from the first frame: its packet's
+    (``times`` from ``presentation_times``), else one ``period`` (ticks, a Fraction) after
+    the last known frame (no packet times, or more frames than packets)."""
+    known = len(times) if times else 0
+    if index < known:
+        return times[index] - times[0]
+    last = times[-1] - times[0] if known else 0
+    return last + round((index - max(known, 1) + 1) * period)
 
 
-def resampled(timed_frames, input_rate, fps):
-    """Yield the input frame chosen for output frames 0, 1, 2, ... (module docstring's rule).
+def conversion_graph(frame, time_base, options, size):
+    """Filter graph ``fps`` (FFmpeg's defaults) -> ``scale`` to ``size`` (bicubic) -> yuv420p,
+    fed with frames like ``frame`` timed in ``time_base``."""
+    graph = av.filter.Graph()
+    graph.threads = options.threads
+    graph.link_nodes(
+        graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name, time_base=time_base),
+        graph.add("fps", f"fps={options.fps.numerator}/{options.fps.denominator}"),
+        graph.add("scale", f"w={size[0]}:h={size[1]}:flags=bicubic"),
+        graph.add("format", "pix_fmts=yuv420p"),
+        graph.add("buffersink"),
+    ).configure()
+    return graph
 
-    Args:
-        timed_frames: (frame, time in seconds) in display order.
-        input_rate: the input's frame rate (Fraction): the last frame is shown for one period.
-        fps: output frame rate (Fraction).
+
+def pulled(graph):
+    """The frames the graph has ready."""
+    while True:
+        try:
+            yield graph.vpull()
+        except (BlockingIOError, av.error.EOFError):
+            return
+
+
+def converted(frames, times, time_base, input_rate, options, size):
+    """Yield the output frames (timestamps 0, 1, ... in 1 / fps) of decoded ``frames``.
+
+    Every frame is timed by ``frame_ticks`` and lasts one input period. The last one, held back
+    a step to be known, lasts at least until half an output period, so that an input shorter
+    than that still gives one frame (``fps`` alone gives none).
     """
-    half = Fraction(1, 2)
-    start = current = current_time = None
-    k = 0
-    for frame, time in timed_frames:
-        if start is None:
-            start = time
-        # This frame rounds to output slot floor(position + 1/2): the slots before that are
-        # the previous frame's (the last frame rounding to a slot wins it).
-        position = (time - start) * fps
-        while current is not None and k + half <= position:
-            yield current
-            k += 1
-        current, current_time = frame, time
-    if current is None:
-        return
-    # The end of the last frame rounds to a slot like the timestamps do.
-    total = max(1, math.floor((current_time + 1 / input_rate - start) * fps + half))
-    while k < total:
-        yield current
-        k += 1
+    period = 1 / (input_rate * time_base)  # one input frame, in ticks
+    # Ticks n times finer make the period whole, so the input's end is exact (when an AVRational
+    # can hold the finer time base).
+    n = period.denominator if (time_base / period.denominator).denominator < 2 ** 31 else 1
+    time_base, period, times = time_base / n, period * n, times and [t * n for t in times]
+    graph = held = None
+    for index, frame in enumerate(frames):
+        if graph is None:
+            graph = conversion_graph(frame, time_base, options, size)
+        frame.pts, frame.duration = frame_ticks(times, index, period), max(1, round(period))
+        if held is not None:
+            graph.vpush(held)
+            yield from pulled(graph)
+        held = frame
+    if held is not None:
+        half_slot = math.ceil(1 / (2 * options.fps * time_base))
+        held.duration = max(held.duration, half_slot - held.pts)
+        graph.vpush(held)
+        graph.vpush(None)
+        yield from pulled(graph)
 
 
 def compress_file(source, target, options=EncodeOptions()):
@@ -223,10 +243,9 @@ def _encode(source, partial, options):
             encoder.codec_context.options = {"preset": options.preset, "crf": str(options.crf),
                                              "threads": str(options.threads)}
             count = 0
-            frames = timed(container.decode(stream), times, input_rate)
-            for count, frame in enumerate(resampled(frames, input_rate, options.fps), start=1):
-                image = frame.reformat(width=width, height=height, format="yuv420p", interpolation="BICUBIC")
-                image.pts, image.time_base = count - 1, 1 / options.fps
+            frames = converted(container.decode(stream), times, Fraction(stream.time_base), input_rate,
+                               options, (width, height))
+            for count, image in enumerate(frames, start=1):
                 output.mux(encoder.encode(image))
             if count == 0:
                 raise InputError("the input has no decodable video frames")
@@ -250,7 +269,7 @@ def compress_folder(input_root, output_root, options=EncodeOptions(), workers=1,
     Returns:
         dict with ``done`` (outputs written now), ``skipped`` (already finished) and ``failed``
         (list of (input, error)); the failures are also written to ``failures_path``, one
-        ``input<TAB>error`` per line (an empty file when nothing failed).
+        ``input<TAB>error`` per line, when there are any (otherwise no file is left there).
     """
     if os.path.realpath(input_root) == os.path.realpath(output_root):
         raise ValueError("--output_root must differ from --input_root (outputs would replace inputs)")
@@ -268,8 +287,10 @@ def compress_folder(input_root, output_root, options=EncodeOptions(), workers=1,
             else:
                 done.append(target)
     failed.sort()
-    if failures_path:
+    if failures_path and failed:
         write_failures(failed, failures_path)
+    elif failures_path and os.path.exists(failures_path):
+        os.remove(failures_path)  # an earlier run's list: its inputs were retried and all succeeded
     return {"done": sorted(done), "skipped": len(jobs) - len(todo), "failed": failed}
 
 
@@ -318,7 +339,8 @@ def build_parser():
                         help=f"take every file, not only the extensions {' '.join(VIDEO_EXTENSIONS)}")
     parser.add_argument("--overwrite", action="store_true", help="re-encode outputs that already exist")
     parser.add_argument("--failures", default=None,
-                        help="file listing failed inputs (default: <output_root>/compress_failures.txt)")
+                        help="file listing failed inputs, written only when one failed "
+                             "(default: <output_root>/compress_failures.txt)")
     return parser
 
 
@@ -333,8 +355,9 @@ def main(argv=None):
                                  None if args.all_files else VIDEO_EXTENSIONS, args.overwrite, failures)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"compress_video: {error}")
+    listed = f" (listed in {failures})" if result["failed"] else ""
     print(f"compressed {len(result['done'])}, skipped {result['skipped']} finished, "
-          f"failed {len(result['failed'])} (listed in {failures})")
+          f"failed {len(result['failed'])}{listed}")
     for source, error in result["failed"]:
         print(f"  FAILED {source}: {error}")
     return result

@@ -14,11 +14,15 @@
 #   RESUME          checkpoint to resume or evaluate   (default: the preset's released checkpoint)
 #   LMDB            read the videos from this LMDB (preprocess/folder2lmdb.py)
 #   NUM_WORKERS     data-loader workers per process
-#   TORCHRUN        the launcher (default torchrun)
+#   PYTHON          the interpreter (default: the project's .venv when present, activated or
+#                   not, else python3; see scripts/lib.sh)
+#   TORCHRUN        the launcher (default $PYTHON -m torch.distributed.run, i.e. torchrun)
 #   DRY_RUN=1       print the command instead of running it
-# Arguments given to a launcher are appended to main.py's flags (later flags win).
+# Arguments given to a launcher are appended to main.py's flags (later flags win). A run's output
+# (stdout and stderr of every process) is also appended to <output dir>/launcher.log
+# (launcher.node<N>.log on node N > 0), errors included; the exit status is torchrun's.
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export PYTHONUNBUFFERED=1
 
 DATA_ROOT=${DATA_ROOT:-$HOME/dataset}
@@ -29,7 +33,7 @@ NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
 TOTAL_BATCH=${TOTAL_BATCH:-128}
-TORCHRUN=${TORCHRUN:-torchrun}
+PYTHON=$(project_python)
 
 die() {
     echo "$(basename "$0"): $*" >&2
@@ -114,7 +118,9 @@ launch() {
     )
     if [[ -n $resume ]]; then flags+=(--resume "$resume"); fi
     if [[ -n ${LMDB:-} ]]; then flags+=(--lmdb_dataset "$LMDB"); fi
-    local command=("$TORCHRUN" --nnodes "$NNODES" --nproc_per_node "$NPROC" --node_rank "$NODE_RANK"
+    local launcher=("$PYTHON" -m torch.distributed.run)
+    if [[ -n ${TORCHRUN:-} ]]; then launcher=("$TORCHRUN"); fi
+    local command=("${launcher[@]}" --nnodes "$NNODES" --nproc_per_node "$NPROC" --node_rank "$NODE_RANK"
         --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT"
         "$REPO_ROOT/main.py" "${flags[@]}" "${user_flags[@]}")
     if [[ ${DRY_RUN:-0} == 1 ]]; then
@@ -122,6 +128,8 @@ launch() {
         echo
         return 0
     fi
-    echo "output: $output_dir" >&2
-    exec "${command[@]}"
+    local log=$output_dir/launcher.log
+    if [[ $NODE_RANK != 0 ]]; then log=$output_dir/launcher.node$NODE_RANK.log; fi
+    echo "output: $output_dir (launcher log: $log)" >&2
+    run_logged "$log" "${command[@]}"
 }

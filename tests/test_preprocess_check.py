@@ -1,7 +1,10 @@
 """preprocess/check_video.py: folder and LMDB scans with good, corrupt, empty, truncated and
-frameless videos; the broken list and the CSV/JSON report."""
+frameless videos; the broken list and the CSV/JSON report, where they go, the exit status."""
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import av
 import pytest
@@ -69,7 +72,7 @@ def test_folder_scan(videos, full):
 
 def test_lmdb_scan_and_outputs(videos, tmp_path, capsys):
     lmdb_path = str(tmp_path / "videos.lmdb")
-    folder_to_lmdb(str(videos), lmdb_path, map_size_gb=0.05, progress=False)
+    folder_to_lmdb(str(videos), lmdb_path, map_size_gb=0.05, progress=False, extensions=None)
     broken, report = tmp_path / "out" / "broken.txt", tmp_path / "out" / "report.json"
     rows = main(["--lmdb", lmdb_path, "--workers", "2", "--broken_list", str(broken), "--report", str(report)])
     expected = {**EXPECTED, "readme.txt": ("undecodable", 0)}  # an LMDB key is checked whatever its name
@@ -107,3 +110,45 @@ def test_bad_arguments(tmp_path):
         main(["--video_folder", str(tmp_path / "missing")])
     with pytest.raises(SystemExit, match="does not exist"):
         main(["--lmdb", str(tmp_path / "missing.lmdb")])
+
+
+def run_tool(*args, cwd):
+    """preprocess/check_video.py as the README runs it, as a script, from ``cwd``."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "preprocess", "check_video.py")
+    return subprocess.run([sys.executable, script, *args, "--workers", "1"], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_reports_beside_the_input_and_exit_status(videos, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_tool("--video_folder", str(videos) + "/", cwd=elsewhere)
+    assert result.returncode == 1, result.stderr  # broken videos found
+    assert os.listdir(elsewhere) == []  # nothing in the working folder
+    broken = (tmp_path / "videos.broken.txt").read_text().splitlines()
+    assert sorted(broken) == sorted(str(videos / n) for n, (status, _) in EXPECTED.items() if status != "ok")
+    with open(tmp_path / "videos.report.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(EXPECTED)
+    good = tmp_path / "good"
+    good.mkdir()
+    write_video(str(good / "fine.mp4"), num_frames=4, width=64, height=48)
+    result = run_tool("--video_folder", "good", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "good.broken.txt").read_text() == ""
+    assert "1 videos: 1 ok, 0 empty, 0 undecodable" in result.stdout
+
+
+def test_reports_in_the_output_folder(videos, tmp_path):
+    lmdb_path = str(tmp_path / "videos.lmdb")
+    folder_to_lmdb(str(videos), lmdb_path, map_size_gb=0.05, progress=False)
+    out = tmp_path / "reports"
+    main(["--lmdb", lmdb_path, "--workers", "1", "--output", str(out), "--report", str(tmp_path / "r.json")])
+    assert sorted(os.listdir(out)) == ["broken_videos.txt"]  # --report names its own file
+    assert len(json.loads((tmp_path / "r.json").read_text())) == len(EXPECTED)
+    assert len((out / "broken_videos.txt").read_text().splitlines()) == 4
+
+
+def test_a_folder_without_videos_is_an_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("no video here")
+    with pytest.raises(SystemExit, match="holds no video"):
+        main(["--video_folder", str(tmp_path)])

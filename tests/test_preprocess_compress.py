@@ -1,5 +1,7 @@
-"""preprocess/compress_video.py on real H.264 files: sizes, frame choice by timestamp,
-keyframes, folder mirroring, skipping finished outputs, leftovers of interrupted runs, failures."""
+"""preprocess/compress_video.py on real H.264 files: sizes, frame choice by timestamp (FFmpeg's
+fps filter against a plain reference of its rule), keyframes, folder mirroring, skipping finished
+outputs, leftovers of interrupted runs, failures."""
+import math
 import os
 from fractions import Fraction
 
@@ -7,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from preprocess.compress_video import (EncodeOptions, compress_file, compress_folder, main, output_name,
-                                       output_size, resampled, timed)
+from preprocess.compress_video import (EncodeOptions, compress_file, compress_folder, converted, frame_ticks,
+                                       main, output_name, output_size)
 from tests.video_factory import write_corrupt_file, write_empty_file, write_truncated_video, write_video
 
 
@@ -52,31 +54,73 @@ def test_output_names():
     assert output_name("movie.avi", "keep") == "movie.avi"
 
 
-def at(pts, time_base=Fraction(1, 10)):
-    """(frame, time) pairs for resampled(); the frame is its pts, to read the choice back."""
-    return [(p, p * time_base) for p in pts]
+def chosen(ticks, time_base, input_rate, fps):
+    """Input frame index behind each output frame of ``converted`` (the filter graph), for
+    frames shown at ``ticks`` (in ``time_base``); the index rides along in ``frame.opaque``."""
+    def frames():
+        for index in range(len(ticks)):
+            frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24").reformat(
+                format="yuv420p")
+            frame.opaque = index
+            yield frame
+    outputs = list(converted(frames(), list(ticks), time_base, input_rate, EncodeOptions(fps=fps), (8, 8)))
+    assert [frame.pts for frame in outputs] == list(range(len(outputs)))
+    return [frame.opaque for frame in outputs]
 
 
-def test_resampling_rounds_timestamps_to_the_nearest_slot():
-    # Frames at 0.0, 0.1, 0.2, 0.5, 1.2 s (time base 1/10); output at 3 fps: t * 3 = 0, .3, .6, 1.5, 3.6.
-    chosen = list(resampled(at((0, 1, 2, 5, 12)), Fraction(10), Fraction(3)))
-    # Slot k takes the last frame with t * 3 < k + 1/2; 1.5 goes to slot 2; the end 1.3 s gives
-    # round(3.9) = 4 slots.
-    assert chosen == [1, 2, 5, 5]
-    # On the output grid every frame keeps its slot.
-    assert list(resampled(at(range(3), Fraction(1, 3)), Fraction(3), Fraction(3))) == [0, 1, 2]
-    # A later start time is the origin; a slower input repeats frames (2 s -> 6 slots).
-    assert list(resampled(at((5, 6), Fraction(1)), Fraction(1), Fraction(3))) == [5, 5, 5, 6, 6, 6]
-    # 1.4 s at 25 fps -> round(4.2) = 4 output frames; a single frame gives one.
-    assert len(list(resampled(at(range(35), Fraction(1, 25)), Fraction(25), Fraction(3)))) == 4
-    assert len(list(resampled(at([0]), Fraction(30), Fraction(3)))) == 1
-    assert list(resampled([], Fraction(30), Fraction(3))) == []
+def fps_filter_reference(ticks, time_base, input_rate, fps):
+    """FFmpeg's fps filter rule, written plainly (the earlier hand port's): input frame i at
+    t_i seconds from the first frame rounds to slot floor(t_i * fps + 1/2); output frame k is
+    the last input frame with slot <= k; there are round((t_last + 1 / input_rate) * fps)
+    output frames, at least one."""
+    slots = [math.floor((t - ticks[0]) * time_base * fps + Fraction(1, 2)) for t in ticks]
+    end = (ticks[-1] - ticks[0]) * time_base + 1 / input_rate
+    total = max(1, math.floor(end * fps + Fraction(1, 2)))
+    return [max(i for i, slot in enumerate(slots) if slot <= k) for k in range(total)]
 
 
-def test_timed_frames_fall_back_to_the_frame_rate():
-    assert list(timed("abc", [Fraction(1), Fraction(2)], Fraction(4))) == [
-        ("a", 1), ("b", 2), ("c", Fraction(9, 4))]
-    assert list(timed("ab", None, Fraction(4))) == [("a", 0), ("b", Fraction(1, 4))]
+def test_filter_graph_rounds_timestamps_to_the_nearest_slot():
+    # The hand port's outputs, kept as literals. Frames at 0.0, 0.1, 0.2, 0.5, 1.2 s (time base
+    # 1/10) at 3 fps: t * 3 = 0, .3, .6, 1.5 (half way: the later slot), 3.6; the end 1.3 s gives
+    # round(3.9) = 4 output frames.
+    tenth = Fraction(1, 10)
+    assert chosen([0, 1, 2, 5, 12], tenth, Fraction(10), Fraction(3)) == [1, 2, 3, 3]
+    # A later start time is the origin; a slower input repeats frames (2 s -> 6 output frames).
+    assert chosen([5, 6], Fraction(1), Fraction(1), Fraction(3)) == [0, 0, 0, 1, 1, 1]
+    # 1.4 s at 25 fps -> round(4.2) = 4 output frames.
+    assert len(chosen(range(35), Fraction(1, 25), Fraction(25), Fraction(3))) == 4
+    # 85 frames at 30 fps in milliseconds end at 2.8 + 1/30 s, i.e. 8.5 output periods: a tie, 9 frames
+    # (exact only in a time base where 1/30 s is a whole number of ticks).
+    assert len(chosen([round(i * 1000 / 30) for i in range(85)], Fraction(1, 1000), Fraction(30), Fraction(3))) == 9
+    # One frame of 1/30 s: fps alone gives no frame (0.1 rounds to 0 slots); we keep one.
+    assert chosen([0], Fraction(1, 30), Fraction(30), Fraction(3)) == [0]
+    assert chosen([], Fraction(1, 30), Fraction(30), Fraction(3)) == []
+
+
+@pytest.mark.parametrize("time_base,input_rate,fps", [
+    (Fraction(1, 1000), Fraction(30), Fraction(3)),
+    (Fraction(1, 90000), Fraction(30000, 1001), Fraction(30000, 1001)),
+    (Fraction(1, 10), Fraction(5), Fraction(5, 2)),
+    (Fraction(1, 1000), Fraction(30000, 1001), Fraction(3)),
+])
+def test_filter_graph_matches_the_fps_rule_on_irregular_timestamps(time_base, input_rate, fps):
+    rng = np.random.default_rng(7)
+    period, half_slot = 1 / (input_rate * time_base), 1 / (2 * fps * time_base)  # in ticks
+    # Steps between frames: repeated timestamps, a half and whole input periods, gaps longer than
+    # an output period, and half an output period (exactly representable in 1/10: ties).
+    choices = [0, period / 2, period, 2 * period, 4 * period, half_slot, 3 * half_slot]
+    for _ in range(20):
+        steps = [round(choices[c]) for c in rng.integers(0, len(choices), size=int(rng.integers(1, 60)))]
+        start = int(rng.integers(0, 1000))  # the first frame's time is the origin
+        ticks = [start + sum(steps[:i]) for i in range(len(steps))]
+        assert chosen(ticks, time_base, input_rate, fps) == \
+            fps_filter_reference(ticks, time_base, input_rate, fps)
+
+
+def test_frame_times_fall_back_to_the_frame_rate():
+    period = Fraction(10, 3)  # ticks per input frame
+    assert [frame_ticks([7, 9], i, period) for i in range(4)] == [0, 2, 5, 9]
+    assert [frame_ticks(None, i, period) for i in range(4)] == [0, 3, 7, 10]
 
 
 def test_avi_with_b_frames_keeps_display_times(tmp_path):
@@ -174,8 +218,8 @@ def test_cli_rerun_and_errors(tmp_path, capsys):
     argv = ["--input_root", str(raw), "--output_root", str(out), "--workers", "1", "--naming", "append",
             "--size", "32"]
     first = main(argv)
-    assert sorted(os.listdir(out)) == ["compress_failures.txt", "v.webm.mkv.mp4", "x.3gp.mp4"]
-    assert first["failed"] == [] and (out / "compress_failures.txt").read_text() == ""
+    assert sorted(os.listdir(out)) == ["v.webm.mkv.mp4", "x.3gp.mp4"]  # no failure list: nothing failed
+    assert first["failed"] == []
     assert main(argv)["skipped"] == 2
     assert "skipped 2 finished" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--size must be even"):
@@ -203,3 +247,20 @@ def test_name_collision_is_refused(tmp_path):
         write_video(str(raw / name), num_frames=3, width=32, height=32)
     with pytest.raises(ValueError, match="--naming append"):
         compress_folder(str(raw), str(tmp_path / "out"), progress=False)
+
+
+def test_failure_list_only_when_something_failed(tmp_path, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    write_video(str(raw / "good.mp4"), num_frames=3, width=32, height=32)
+    write_corrupt_file(str(raw / "bad.mp4"))
+    argv = ["--input_root", str(raw), "--output_root", str(out), "--workers", "1", "--size", "32"]
+    assert len(main(argv)["failed"]) == 1
+    failures = out / "compress_failures.txt"
+    assert failures.read_text().startswith(f"{raw / 'bad.mp4'}\t")
+    assert f"failed 1 (listed in {failures})" in capsys.readouterr().out
+    # The bad input is replaced by a good one: the rerun redoes it and the old list goes.
+    write_video(str(raw / "bad.mp4"), num_frames=3, width=32, height=32)
+    assert main(argv)["failed"] == []
+    assert sorted(os.listdir(out)) == ["bad.mp4", "good.mp4"]
+    assert "failed 0\n" in capsys.readouterr().out

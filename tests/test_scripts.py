@@ -1,8 +1,14 @@
 """The launchers in scripts/: every dataset and preset, run with DRY_RUN=1 from another folder,
-prints a torchrun command whose main.py arguments params.get_args accepts."""
+prints a torchrun command whose main.py arguments params.get_args accepts; the Python the scripts
+pick; failed runs that leave their error in the output folder and keep their exit status; the
+preprocessing tools run as scripts from any folder."""
 import os
 import shlex
+import shutil
+import socket
+import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -57,22 +63,27 @@ PARAMS = [(script, preset) for script, presets in CASES.items() for preset in pr
 
 def run_script(name, tmp_path, extra_env=None, args=()):
     """Run scripts/<name> with DRY_RUN=1 from tmp_path (not the repository) and a clean setting."""
+    return run_in(SCRIPTS, name, tmp_path, {"DRY_RUN": "1", **(extra_env or {})}, args)
+
+
+def run_in(scripts, name, tmp_path, extra_env=None, args=(), timeout=60):
+    """Run <scripts>/<name> from tmp_path with a clean setting (none of the launchers' variables)."""
     env = {key: value for key, value in os.environ.items()
-           if key not in ("PRESET", "NPROC", "NNODES", "OUTPUT_DIR", "RESUME", "LMDB", "DO_TRAIN", "DO_EVAL",
-                          "TOTAL_BATCH", "DATA_ROOT", "MODELS_DIR", "PRETRAINED_DIR", "DATA_PATH",
-                          "FEATURES_PATH", "MASTER_PORT")}
-    env.update({"DRY_RUN": "1", "HOME": str(tmp_path / "home"), **(extra_env or {})})
-    return subprocess.run(["bash", os.path.join(SCRIPTS, name), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+           if key not in ("PRESET", "NPROC", "NNODES", "NODE_RANK", "OUTPUT_DIR", "RESUME", "LMDB", "DO_TRAIN",
+                          "DO_EVAL", "TOTAL_BATCH", "DATA_ROOT", "MODELS_DIR", "PRETRAINED_DIR", "DATA_PATH",
+                          "FEATURES_PATH", "MASTER_PORT", "PYTHON", "TORCHRUN", "DRY_RUN", "DATA_DIR")}
+    env.update({"HOME": str(tmp_path / "home"), **(extra_env or {})})
+    return subprocess.run(["bash", os.path.join(scripts, name), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def main_argv(stdout):
     """The torchrun launcher flags and main.py's arguments of a printed command."""
     words = shlex.split(stdout.strip())
-    assert words[0] == "torchrun"
+    assert words[1:3] == ["-m", "torch.distributed.run"]  # torchrun, run by the project's Python
     position = next(i for i, word in enumerate(words) if word.endswith("main.py"))
     assert os.path.samefile(words[position], os.path.join(ROOT, "main.py"))
-    return words[1:position], words[position + 1:]
+    return words[3:position], words[position + 1:]
 
 
 def launcher_value(launcher, flag):
@@ -165,3 +176,103 @@ def test_tensorboard(tmp_path):
     words = shlex.split(result.stdout)
     assert words[words.index("--logdir") + 1] == "/models"
     assert words[words.index("--port") + 1] == "6006"
+
+
+LAUNCHERS = ["msrvtt.sh", "msvd.sh", "lsmdc.sh", "activitynet.sh", "didemo.sh"]
+
+
+def clone(tmp_path, venv_python=None):
+    """A copy of scripts/ in a fresh folder, as in a clone; with ``venv_python`` (a bash script's
+    text), also a .venv/bin/python that runs it. Returns the scripts folder."""
+    scripts = tmp_path / "clone" / "scripts"
+    shutil.copytree(SCRIPTS, scripts)
+    if venv_python is not None:
+        python = tmp_path / "clone" / ".venv" / "bin" / "python"
+        python.parent.mkdir(parents=True)
+        python.write_text("#!/usr/bin/env bash\n" + venv_python)
+        python.chmod(python.stat().st_mode | stat.S_IXUSR)
+    return str(scripts)
+
+
+def first_word(scripts, name, tmp_path, env=None):
+    result = run_in(scripts, name, tmp_path, {"DRY_RUN": "1", **(env or {})})
+    assert result.returncode == 0, result.stderr
+    return shlex.split(result.stdout)[0]
+
+
+@pytest.mark.parametrize("name", LAUNCHERS + ["tensorboard.sh"])
+def test_scripts_find_their_python(name, tmp_path):
+    bare = clone(tmp_path / "bare")
+    assert first_word(bare, name, tmp_path) == "python3"  # no .venv: python3 from PATH
+    with_venv = clone(tmp_path / "venv", venv_python="exit 0\n")
+    venv_python = str(tmp_path / "venv" / "clone" / ".venv" / "bin" / "python")
+    assert first_word(with_venv, name, tmp_path) == venv_python  # the .venv, not activated
+    assert first_word(with_venv, name, tmp_path, {"PYTHON": "/opt/py/bin/python"}) == "/opt/py/bin/python"
+
+
+def test_demo_python_and_extra_arguments(tmp_path):
+    assert first_word(SCRIPTS, "demo.sh", tmp_path) == ".venv/bin/python"  # made by the demo if absent
+    result = run_in(SCRIPTS, "demo.sh", tmp_path, {"DRY_RUN": "1", "PYTHON": "/opt/py/bin/python"},
+                    args=["--epochs", "2", "--lr", "1e-3"])
+    words = shlex.split(result.stdout)
+    assert words[:2] == ["/opt/py/bin/python", "main.py"]
+    args = params.get_args(words[2:])
+    assert (args.epochs, args.lr, args.datatype, args.max_frames) == (2, 1e-3, "demo", 6)
+
+
+def test_torchrun_override(tmp_path):
+    result = run_script("msvd.sh", tmp_path, {"TORCHRUN": "/opt/bin/torchrun"})
+    assert shlex.split(result.stdout)[:2] == ["/opt/bin/torchrun", "--nnodes"]
+
+
+FAILING_PYTHON = """echo "started with $*"
+echo "boom: something went wrong" >&2
+exit 3
+"""
+
+
+@pytest.mark.parametrize("node_rank,log_name", [("0", "launcher.log"), ("1", "launcher.node1.log")])
+def test_failed_launch_keeps_its_status_and_output(node_rank, log_name, tmp_path):
+    scripts = clone(tmp_path, venv_python=FAILING_PYTHON)
+    out = tmp_path / "run"
+    result = run_in(scripts, "msvd.sh", tmp_path, {"OUTPUT_DIR": str(out), "NPROC": "1", "NODE_RANK": node_rank})
+    assert result.returncode == 3
+    log = (out / log_name).read_text()
+    assert log.startswith("# ") and "torch.distributed.run" in log.splitlines()[0]
+    assert "started with -m torch.distributed.run" in log and "boom: something went wrong" in log
+    assert f"failed with exit status 3; its output is in {out / log_name}" in result.stderr
+    assert "boom" in result.stdout  # shown on the terminal too
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def test_launcher_on_a_missing_dataset_leaves_the_error_in_its_output_folder(tmp_path):
+    from tests.tiny_datasets import write_tiny_clip
+    write_tiny_clip(str(tmp_path / "pretrained"))
+    env = {"PYTHON": sys.executable, "DATA_ROOT": str(tmp_path / "nowhere"), "MODELS_DIR": str(tmp_path / "models"),
+           "PRETRAINED_DIR": str(tmp_path / "pretrained"), "NPROC": "1", "NUM_WORKERS": "0",
+           "MASTER_PORT": free_port()}
+    result = run_in(SCRIPTS, "msvd.sh", tmp_path, env, timeout=300)
+    assert result.returncode != 0
+    log = (tmp_path / "models" / "eclip_msvd" / "launcher.log").read_text()
+    assert f"{tmp_path}/nowhere/msvd/msvd_data/train_list.txt does not exist" in log
+
+
+def test_demo_failure_leaves_its_error_in_its_output_folder(tmp_path):
+    env = {"PYTHON": sys.executable, "OUTPUT_DIR": str(tmp_path / "out"), "DATA_DIR": str(tmp_path / "data")}
+    result = run_in(SCRIPTS, "demo.sh", tmp_path, env, args=["--no_such_flag"], timeout=300)
+    assert result.returncode == 2  # argparse's status
+    assert "unrecognized arguments: --no_such_flag" in (tmp_path / "out" / "launcher.log").read_text()
+
+
+@pytest.mark.parametrize("tool", ["compress_video", "folder2lmdb", "video_paths", "download_lsmdc",
+                                  "visualize_clusters"])
+def test_tools_run_as_scripts_from_any_folder(tool, tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "preprocess", f"{tool}.py"), "--help"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage:")
