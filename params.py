@@ -199,6 +199,24 @@ def add_recognition_args(parser):
                        help="class names, a CSV with header id,name (class index = row order)")
     group.add_argument("--num_clips", type=int, default=1, help="clips per video at evaluation (views)")
     group.add_argument("--num_crops", type=int, default=1, choices=[1, 3], help="crops per clip at evaluation")
+    group.add_argument("--fix_text", type=int, default=1,
+                       help="freeze the text tower and encode the class names once (MODEL.FIX_TEXT)")
+    group.add_argument("--drop_path_rate", type=float, default=0.0, help="drop path of the last vision block")
+    group.add_argument("--warmup_epochs", type=float, default=5, help="epochs of linear lr warm-up")
+    group.add_argument("--label_smooth", type=float, default=0.1, help="label smoothing (AUG.LABEL_SMOOTH)")
+    group.add_argument("--mixup", type=float, default=0.8, help="mixup alpha; 0 turns mixup/cutmix off")
+    group.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha")
+    group.add_argument("--mixup_switch_prob", type=float, default=0.5, help="chance of cutmix instead of mixup")
+    group.add_argument("--color_jitter", type=float, default=0.8, help="chance of colour jitter per video")
+    group.add_argument("--gray_scale", type=float, default=0.2, help="chance of grayscale per video")
+    group.add_argument("--use_checkpoint", type=int, default=0, help="gradient checkpointing of the vision blocks")
+    group.add_argument("--save_freq", type=int, default=1, help="keep ckpt_epoch_<e>.pth every n epochs")
+    group.add_argument("--shots", type=int, default=0,
+                       help="few-shot: train on this many videos per class, drawn with --seed (0 = all)")
+    group.add_argument("--zero_shot_lists", nargs="+", default=None,
+                       help="zero-shot: evaluate on each of these list files (with --zero_shot_labels)")
+    group.add_argument("--zero_shot_labels", nargs="+", default=None,
+                       help="zero-shot: the labels CSV of each --zero_shot_lists file (one, or one per list)")
 
 
 def build_parser():

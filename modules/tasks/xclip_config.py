@@ -35,6 +35,10 @@ FLAG_OF_KEY = {
     "TRAIN.WEIGHT_DECAY": "wd", "TRAIN.LR": "lr", "TRAIN.BATCH_SIZE": "batch_size",
     "TRAIN.ACCUMULATION_STEPS": "gradient_accumulation_steps", "TRAIN.OPT_LEVEL": "precision",
     "TEST.NUM_CLIP": "num_clips", "TEST.NUM_CROP": "num_crops", "PRINT_FREQ": "n_display", "SEED": "seed",
+    "MODEL.FIX_TEXT": "fix_text", "MODEL.DROP_PATH_RATE": "drop_path_rate", "TRAIN.WARMUP_EPOCHS": "warmup_epochs",
+    "TRAIN.USE_CHECKPOINT": "use_checkpoint", "AUG.LABEL_SMOOTH": "label_smooth", "AUG.MIXUP": "mixup",
+    "AUG.CUTMIX": "cutmix", "AUG.MIXUP_SWITCH_PROB": "mixup_switch_prob", "AUG.COLOR_JITTER": "color_jitter",
+    "AUG.GRAY_SCALE": "gray_scale", "SAVE_FREQ": "save_freq",
 }
 # Keys read elsewhere: the recognition task checks them against the labels CSV and the model.
 # OUTPUT is not read: --output_dir is required (the original's --output, default `exp`, also
