@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 from dataloaders import DATALOADERS, RECOGNITION_EVAL_LOADERS
 from modules.clip import LINEAR_PATCHES, MODEL_CONFIGS
@@ -19,7 +20,7 @@ from modules.optim import NEW_ADDED_MODULES, OPTIMIZERS
 from modules.precision import PRECISIONS
 from modules.retrieval import SIM_HEADERS
 from modules.tasks import TASK_TYPES
-from modules.tasks.xclip_config import flag_defaults, load_config
+from modules.run_settings import adopt_checkpoint_flags, config_defaults, explicit_dests, pre_parse
 
 # --task_type -> its --datatype names.
 DATATYPES = {"retrieval": tuple(DATALOADERS), "recognition": tuple(RECOGNITION_EVAL_LOADERS)}
@@ -38,7 +39,9 @@ def add_data_args(parser):
     parser.add_argument("--data_dir", type=str, default="/cache/dataset", help="root of all datasets")
     parser.add_argument("--lmdb_dataset", type=optional_str, default=None,
                         help="LMDB of the videos (key = file base name)")
-    parser.add_argument("--save_feature_path", type=str, default=None, help="unused; kept for old scripts")
+    parser.add_argument("--save_feature_path", type=optional_str, default=None,
+                        help="retrieval: write the text and video features of the evaluation into this folder "
+                             "(.npy, with the captions and video paths as .json)")
     parser.add_argument("--train_csv", type=str, default="data/.train.csv", help="MSR-VTT training split csv")
     parser.add_argument("--val_csv", type=str, default="data/.val.csv", help="MSR-VTT test csv (JSFusion 1k-A)")
     parser.add_argument("--data_path", type=str, default="data/caption.pickle", help="annotation file or folder")
@@ -159,6 +162,12 @@ def add_run_args(parser):
     parser.add_argument("--unsafe_load_checkpoint", type=int, default=0,
                         help="load a checkpoint that the safe loader refuses (--resume, --init_model) with full "
                              "unpickling; only for files you trust: it can run code")
+    parser.add_argument("--export_weights", type=optional_str, default=None,
+                        help="write the model's weights (after --resume / --init_model) to this file, without "
+                             "optimizer state, then stop")
+    parser.add_argument("--export_fp16", type=int, default=0, help="with --export_weights: store fp16 weights")
+    parser.add_argument("--overwrite", type=int, default=0,
+                        help="train into an --output_dir that holds another run, removing its checkpoints and logs")
     parser.add_argument("--load_from_pretrained", type=int, default=0,
                         help="with --resume: load only the weights, not optimizer/epoch")
     parser.add_argument("--n_display", type=int, default=100, help="log every n steps")
@@ -188,8 +197,8 @@ def add_distributed_args(parser):
 def add_recognition_args(parser):
     group = parser.add_argument_group("video recognition (X-CLIP, --task_type recognition)")
     group.add_argument("--config", "-cfg", type=str, default=None,
-                       help="an X-CLIP YAML config (e.g. configs/k400/32_8.yaml): its values become defaults, "
-                            "flags given here win; implies --task_type recognition")
+                       help="defaults for the run: an X-CLIP YAML config (e.g. configs/k400/32_8.yaml; implies "
+                            "--task_type recognition) or a hparams_train.json; flags given here win")
     group.add_argument("--only_test", action="store_true", help="X-CLIP's flag: --do_train 0 --do_eval 1")
     group.add_argument("--opts", nargs="+", default=None, metavar="KEY VALUE",
                        help="override config keys, e.g. --opts TEST.NUM_CLIP 4 TEST.NUM_CROP 3")
@@ -227,21 +236,6 @@ def build_parser():
                 add_distributed_args, add_recognition_args):
         add(parser)
     return parser
-
-
-def recognition_defaults(argv):
-    """X-CLIP's defaults, with its --config file and --opts merged, when the run is a recognition run
-    (--task_type recognition or a --config); else {}."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--task_type", default="retrieval")
-    pre.add_argument("--config", "-cfg", default=None)
-    pre.add_argument("--opts", nargs="+", default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.task_type != "recognition" and known.config is None:
-        return {}
-    config = load_config(known.config, known.opts)
-    return {"task_type": "recognition", "datatype": "video_list", "batch_size_val": 2,
-            **flag_defaults(config)}
 
 
 def check_schedule(args):
@@ -293,8 +287,9 @@ def check_ranges(args):
 
 def check_args(args):
     """Raise ValueError naming the flag and the fix for every combination that cannot run."""
-    if not args.do_train and not args.do_eval:
-        raise ValueError("--do_train 0 and --do_eval 0: nothing to do; pass --do_train 1 or --do_eval 1")
+    if not args.do_train and not args.do_eval and not args.export_weights:
+        raise ValueError("--do_train 0 and --do_eval 0: nothing to do; pass --do_train 1, --do_eval 1 or "
+                         "--export_weights FILE")
     datatypes = DATATYPES[args.task_type]
     if args.datatype not in datatypes:
         raise ValueError(f"--datatype {args.datatype} is not a {args.task_type} dataset; choose one of "
@@ -331,9 +326,9 @@ def check_recognition(args):
         raise ValueError(f"--num_clips must be >= 1, got {args.num_clips}")
     if args.num_crops not in (1, 3):
         raise ValueError(f"--num_crops must be 1 or 3 (X-CLIP's one centre crop or three crops), got {args.num_crops}")
-    if args.cluster_inter or args.inference_speed_test:
-        flag = "--cluster_inter" if args.cluster_inter else "--inference_speed_test"
-        raise ValueError(f"{flag} is a retrieval option; X-CLIP recognition does not take it")
+    for flag in ("cluster_inter", "inference_speed_test", "save_feature_path"):
+        if getattr(args, flag):
+            raise ValueError(f"--{flag} is a retrieval option; X-CLIP recognition does not take it")
 
 
 def warn_unused_schedule(args):
@@ -350,12 +345,15 @@ def get_args(argv=None):
     """
     parser = build_parser()
     try:
-        parser.set_defaults(**{"xclip_config": None, **recognition_defaults(argv)})
+        defaults, from_config = config_defaults(argv, {action.dest for action in parser._actions})
+        parser.set_defaults(**{"xclip_config": None, **defaults})
         args = parser.parse_args(argv)
         if args.only_test:
             args.do_train, args.do_eval = 0, 1
+        args.startup_notes = adopt_checkpoint_flags(args, explicit_dests(parser, argv) | from_config)
         check_args(args)
     except ValueError as err:
+        record_startup_error(argv, str(err))
         parser.error(str(err))
     warn_unused_schedule(args)
     if args.sim_header == "tightTransf":
@@ -368,10 +366,20 @@ def get_args(argv=None):
     return args
 
 
-def save_hparams(args, directory):
-    """Write every argument to `<directory>/hparams_train.json`."""
+def record_startup_error(argv, message):
+    """A run that stops on a bad flag leaves its reason in <output_dir>/log.txt too, when the
+    command line names an output folder."""
+    output_dir = pre_parse(sys.argv[1:] if argv is None else argv).output_dir
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, "log.txt"), "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR params: {message}\n")
+
+
+def save_hparams(args, directory, name="hparams_train.json"):
+    """Write every argument to `<directory>/<name>`."""
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "hparams_train.json"), "w") as f:
+    with open(os.path.join(directory, name), "w") as f:
         json.dump(vars(args), f, indent=4, sort_keys=True, default=str)
 
 

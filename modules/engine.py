@@ -160,6 +160,18 @@ def checkpoint_state(task, model, optimizer, scaler, epoch, global_step, best, a
     return state
 
 
+def log_summary(task, output_dir):
+    """The last and the best evaluation of the run (results.jsonl), and which one ckpt.best holds."""
+    with open(os.path.join(output_dir, "results.jsonl")) as f:
+        results = [result for result in map(json.loads, f) if result.get("epoch") is not None]
+    best = results[0]
+    for result in results:  # on a tie the later epoch, as ckpt.best
+        best = result if task.score(result) >= task.score(best) else best
+    last = results[-1]
+    logger.info("last epoch %s: %s", last["epoch"], task.summary(last))
+    logger.info("best epoch %s: %s (ckpt.best.pth.tar holds it)", best["epoch"], task.summary(best))
+
+
 def end_of_epoch(task, model, optimizer, scaler, test_loader, device, args, writer, epoch, global_step, best):
     """Evaluate, log val/* scalars, save ckpt.pth.tar and, when best, ckpt.best.pth.tar. Nothing is
     written when the weights or the evaluation are not finite (the task's evaluation checks its own)."""
@@ -249,6 +261,10 @@ def train(task, model, device, args, checkpoint, main_work):
     start_epoch, global_step, best = 0, 0, 0.0
     if checkpoint is not None and not args.load_from_pretrained:
         start_epoch, global_step, best = restore_training_state(task, checkpoint, optimizer, scaler, args)
+        if start_epoch >= args.epochs:
+            logger.info("nothing left to train: %s finished epoch %d of --epochs %d", args.resume, start_epoch,
+                        args.epochs)
+            return
     wrapped = wrap_distributed(model, device)
     writer = None
     if du.is_main_process():
@@ -269,3 +285,4 @@ def train(task, model, device, args, checkpoint, main_work):
                                                   writer, epoch, global_step, best))
     if writer is not None:
         writer.close()
+        log_summary(task, args.output_dir)

@@ -44,14 +44,10 @@ def create_model(args, clip_state_dict):
     return model
 
 
-def resume_path(args):
-    """--resume, with `latest` meaning <output_dir>/ckpt.pth.tar."""
-    return os.path.join(args.output_dir, "ckpt.pth.tar") if args.resume == "latest" else args.resume
-
-
 def resume_checkpoint(args):
-    """The --resume checkpoint (loaded safely unless --unsafe_load_checkpoint 1), or None."""
-    return read_checkpoint(resume_path(args), unsafe=bool(args.unsafe_load_checkpoint)) if args.resume else None
+    """The --resume checkpoint (loaded safely unless --unsafe_load_checkpoint 1), or None. `latest`
+    was resolved to a path (or None) at start-up."""
+    return read_checkpoint(args.resume, unsafe=bool(args.unsafe_load_checkpoint)) if args.resume else None
 
 
 def clip_weights(args, checkpoint):

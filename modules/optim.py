@@ -221,7 +221,8 @@ def _group_mismatch(i, group, current, state):
     if group.get("schedule", "warmup_cosine") != "warmup_cosine":
         return f"group {i} uses BertAdam schedule {group['schedule']!r}; only warmup_cosine is implemented"
     if len(group["params"]) != len(current["params"]):
-        return f"group {i} holds {len(group['params'])} parameters in the saved optimizer, {len(current['params'])} here"
+        return (f"group {i} holds {len(group['params'])} parameters in the saved optimizer, "
+                f"{len(current['params'])} here")
     for position, (index, param) in enumerate(zip(group["params"], current["params"])):
         for key, value in state.get(index, {}).items():
             if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:

@@ -125,7 +125,8 @@ def tokenize_class_names(names, tokenizer=None):
         tokens = [tokenizer.sot_id, *tokenizer.encode(name), tokenizer.eot_id]
         if len(tokens) > CONTEXT_LENGTH:
             raise ValueError(f"class name {name!r} (class {row}) is {len(tokens) - 2} BPE tokens long; at most "
-                             f"{CONTEXT_LENGTH - 2} fit in CLIP's {CONTEXT_LENGTH}-token context: shorten it in the labels CSV")
+                             f"{CONTEXT_LENGTH - 2} fit in CLIP's {CONTEXT_LENGTH}-token context: shorten it in the "
+                             "labels CSV")
         ids[row, :len(tokens)] = torch.tensor(tokens)
     return ids
 

@@ -19,7 +19,7 @@ NUM_WORKERS=${NUM_WORKERS:-2}
 command=("${PYTHON:-.venv/bin/python}" main.py --datatype demo --data_dir "$DATA_DIR" --output_dir "$OUTPUT_DIR"
   --pretrained_clip_name demo-small --do_train 1 --epochs "$EPOCHS" --batch_size 32 --batch_size_val 80
   --max_frames 6 --max_words 16 --optim AdamW --lr 5e-4 --coef_lr 1 --wd 0.05 --freeze_layer_num -1
-  --num_thread_reader "$NUM_WORKERS" --n_display 12
+  --num_thread_reader "$NUM_WORKERS" --n_display 12 --overwrite 1
   --cluster_inter 1 --cluster_algo kmediods++ --cluster_num_blocks 49 49 16 16 --target_frames_blocks 6 6 2 2
   "$@")
 
@@ -34,4 +34,4 @@ if [[ -z ${PYTHON:-} ]]; then
 fi
 run_logged "$OUTPUT_DIR/launcher.log" "${command[@]}"
 echo "test split (80 videos, chance R@1 = 1.25%):"
-cat "$OUTPUT_DIR/metrics.json"
+grep -E "(last|best) epoch" "$OUTPUT_DIR/log.txt" | tail -n 2 | sed 's/.*centerclip: //'

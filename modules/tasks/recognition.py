@@ -62,6 +62,10 @@ class RecognitionTask:
         return metrics
 
     @staticmethod
+    def summary(metrics):
+        return f"top-1 {metrics['top1']:.2f} top-5 {metrics['top5']:.2f}"
+
+    @staticmethod
     def score(metrics):
         """The number that decides ckpt.best: top-1 accuracy."""
         return metrics["top1"]

@@ -102,7 +102,13 @@ class RetrievalTask:
 
     @staticmethod
     def tensorboard_metrics(metrics):
-        return metrics["t2v"]
+        """val/R1 ... (text-to-video, the original's names) and val/v2t_R1 ... (video-to-text)."""
+        return {**metrics["t2v"], **{f"v2t_{name}": value for name, value in metrics["v2t"].items()}}
+
+    @staticmethod
+    def summary(metrics):
+        t2v, v2t = metrics["t2v"], metrics["v2t"]
+        return f"T2V R@1 {t2v['R1']:.2f} R@5 {t2v['R5']:.2f}, V2T R@1 {v2t['R1']:.2f} R@5 {v2t['R5']:.2f}"
 
     @staticmethod
     def score(metrics):
@@ -128,6 +134,8 @@ class RetrievalTask:
             sim = dual_softmax(sim)
         metrics = retrieval_metrics(sim, cut_off_points)
         log_metrics(metrics, broken, num_videos)
+        if args.save_feature_path:
+            save_features(args.save_feature_path, loader.dataset, cut_off_points, texts, videos, masks)
         np.save(os.path.join(args.output_dir, "sim_matrix.npy"), sim)
         write_metrics(metrics, args.output_dir, epoch, broken)
         return metrics
@@ -142,6 +150,24 @@ class RetrievalTask:
         count = sum(len(v) for v in videos)
         logger.info("inference speed: %d videos in %.2f s = %.2f videos/s", count, seconds, count / seconds)
         return count / seconds
+
+
+def save_features(folder, dataset, cut_off_points, texts, videos, masks):
+    """The encoded test split: text_features.npy [n_text, D], video_features.npy [n_video, f, D] and
+    video_masks.npy [n_video, f] (before the similarity head), with texts.json (the captions) and
+    videos.json (the video files) in the same order."""
+    os.makedirs(folder, exist_ok=True)
+    pairs = dataset.pairs
+    rows = cut_off_points if cut_off_points is not None else range(len(pairs))
+    arrays = {"text_features": torch.cat(texts).squeeze(1), "video_features": torch.cat(videos),
+              "video_masks": torch.cat(masks)}
+    for name, array in arrays.items():
+        np.save(os.path.join(folder, f"{name}.npy"), array.float().cpu().numpy())
+    lists = {"texts": [pair.captions[0] for pair in pairs], "videos": [pairs[i].video_path for i in rows]}
+    for name, items in lists.items():
+        with open(os.path.join(folder, f"{name}.json"), "w") as f:
+            json.dump(items, f, indent=1)
+    logger.info("features of %d texts and %d videos written to %s", len(pairs), len(rows), folder)
 
 
 def write_metrics(metrics, output_dir, epoch, broken):
