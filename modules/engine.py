@@ -21,7 +21,7 @@ from tqdm import tqdm
 from modules import distributed as du
 from dataloaders.sources import check_video_source
 from modules.checkpoint import copy_checkpoint, save_checkpoint
-from modules.optim import logged_lr, total_optimizer_steps
+from modules.optim import logged_lr
 from modules.precision import autocast_context, grad_scaler
 
 logger = logging.getLogger("centerclip")
@@ -84,16 +84,21 @@ def move_batch(batch, device):
     return [t.to(device, non_blocking=True) for t in batch]
 
 
-def micro_batch_groups(loader, size, device):
-    """Yield lists of `size` micro-batches (the last may be shorter), moved to `device`."""
+def micro_batch_groups(loader, size, device, keep_incomplete):
+    """Yield lists of `size` micro-batches moved to `device`; an epoch's last, shorter group is
+    yielded when `keep_incomplete` (retrieval) and dropped otherwise (X-CLIP, as its original)."""
     group = []
     for batch in loader:
         group.append(move_batch(batch, device))
         if len(group) == size:
             yield group
             group = []
-    if group:
+    if group and keep_incomplete:
         yield group
+
+
+def steps_per_epoch(task, num_batches, accumulation):
+    return math.ceil(num_batches / accumulation) if task.keep_incomplete_steps else num_batches // accumulation
 
 
 def unwrap(model):
@@ -127,9 +132,9 @@ def train_one_epoch(task, model, loader, optimizer, schedule, scaler, device, ep
     model.train()
     plain = unwrap(model)
     autocast = autocast_context(args.precision, device)
-    steps = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    steps = steps_per_epoch(task, len(loader), args.gradient_accumulation_steps)
     losses, broken, end = [], 0, time.time()
-    groups = micro_batch_groups(loader, args.gradient_accumulation_steps, device)
+    groups = micro_batch_groups(loader, args.gradient_accumulation_steps, device, task.keep_incomplete_steps)
     for step, micro_batches in enumerate(tqdm(groups, total=steps, desc=f"epoch {epoch}",
                                               disable=not du.is_main_process())):
         data_time = time.time() - end
@@ -253,10 +258,9 @@ def train(task, model, device, args, checkpoint, main_work):
     train_loader, train_length, sampler = task.train_loader(args)
     check_loader(task, train_loader, train_length, "training", args, args.batch_size)
     test_loader = evaluation_loader(task, args)
-    total_steps = total_optimizer_steps(len(train_loader), args.gradient_accumulation_steps, args.epochs)
-    logger.info("training on %d samples: %d batches per epoch, %.4g optimizer steps", train_length,
-                len(train_loader), total_steps)
-    optimizer, schedule = task.build_optimizer(model, args, total_steps)
+    logger.info("training on %d samples: %d batches per epoch, %d optimizer steps per epoch", train_length,
+                len(train_loader), steps_per_epoch(task, len(train_loader), args.gradient_accumulation_steps))
+    optimizer, schedule = task.build_optimizer(model, args, len(train_loader))
     scaler = grad_scaler(args.precision, device)
     start_epoch, global_step, best = 0, 0, 0.0
     if checkpoint is not None and not args.load_from_pretrained:

@@ -17,7 +17,7 @@ from modules.clip import convert_weights_to_fp16
 from modules.engine import NonFiniteEvaluation, check_broken_share, move_batch
 from modules.factory import build_retrieval_model
 from modules.metrics import dual_softmax, retrieval_metrics
-from modules.optim import build_optimizer, freeze_clip_layers, map_optimizer_state
+from modules.optim import build_optimizer, freeze_clip_layers, map_optimizer_state, total_optimizer_steps
 from modules.tokenizer import SimpleTokenizer
 
 logger = logging.getLogger("centerclip")
@@ -26,6 +26,7 @@ LOGIT_SCALE_RANGE = (0.1, 4.6052)  # [0.1, ln 100], as the original clamps it
 
 class RetrievalTask:
     arch = "centerclip"
+    keep_incomplete_steps = True  # FIX: an epoch's leftover micro-batches step too (the original drops them)
 
     def __init__(self, args):
         self.tokenizer = SimpleTokenizer()
@@ -54,9 +55,11 @@ class RetrievalTask:
         logger.info("test split of %s: %d captions", args.datatype, length)
         return loader, length
 
-    def build_optimizer(self, model, args, total_steps):
-        """The original's four groups; BertAdam schedules itself (schedule None), AdamW gets a
-        CosineSchedule."""
+    def build_optimizer(self, model, args, batches_per_epoch):
+        """The original's four groups over its schedule length; BertAdam schedules itself (schedule
+        None), AdamW gets a CosineSchedule."""
+        total_steps = total_optimizer_steps(batches_per_epoch, args.gradient_accumulation_steps, args.epochs)
+        logger.info("schedule of %.4g optimizer steps (the original's count)", total_steps)
         return build_optimizer(model, args.optim, args.lr, args.coef_lr, args.wd, (args.beta1, args.beta2),
                                args.eps, total_steps, args.warmup_proportion, args.new_added_modules)
 
