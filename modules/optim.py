@@ -240,3 +240,137 @@ def _merged_group(group, current):
         merged["lr_multiplier"] = group["lr_mult"]
     merged["params"] = list(group["params"])
     return merged
+
+
+# X-CLIP (XCLIP_SPEC §4). The new parts train at 10·lr; each of the four groups is split into weight
+# decay and no decay. Group order: CLIP, then these parts in this order (a name joins the first part
+# it contains; the original's substring tests, under which no X-CLIP name matches two parts).
+XCLIP_NEW_PARTS = ("mit", "prompts", "message_")
+XCLIP_NEW_PARTS_LR_SCALE = 10
+XCLIP_BETAS = (0.9, 0.98)
+XCLIP_EPS = 1e-8
+XCLIP_NO_DECAY_KEYWORDS = ("positional_embedding",)
+# The original registers its top-level modules in this order ("" = parameters of the model itself),
+# and in each vision block the message_* layers before CLIP's; named_parameters follows it.
+XCLIP_TOP_LEVEL_ORDER = ("", "prompts_generator", "mit", "visual", "transformer", "token_embedding", "ln_final",
+                         "prompts_visual_ln")
+
+
+def xclip_original_position(name):
+    """Sort key placing an X-CLIP parameter where the original's `named_parameters` lists it: the
+    vision tower's own tensors, then its blocks in order (message_* first in each), then ln_post."""
+    top = name.split(".")[0] if "." in name else ""
+    section = 0
+    if name.startswith("visual.transformer.resblocks."):
+        section = 1 + int(name.split(".")[3])
+    elif name.startswith("visual.ln_post."):
+        section = 1 << 30
+    return XCLIP_TOP_LEVEL_ORDER.index(top), section, 0 if ".message_" in name else 1
+
+
+def xclip_named_parameters(model):
+    """(name, parameter) of an X-CLIP in the original's order (a stable sort of ours), so that
+    parameter indices in optimizer states agree with the original's checkpoints."""
+    return sorted(model.named_parameters(), key=lambda item: xclip_original_position(item[0]))
+
+
+def xclip_part(name):
+    """'clip' or the first of XCLIP_NEW_PARTS the name contains."""
+    return next((part for part in XCLIP_NEW_PARTS if part in name), "clip")
+
+
+def xclip_no_decay(name, param):
+    """1-D tensors, biases and positional tables take no weight decay (0-dim ones do)."""
+    return param.dim() == 1 or name.endswith(".bias") or any(k in name for k in XCLIP_NO_DECAY_KEYWORDS)
+
+
+def xclip_parameter_groups(model, lr, weight_decay):
+    """The original's 8 AdamW groups, in its order: CLIP, mit, prompts, message_, each as (weight
+    decay, no decay); CLIP at lr, the others at 10·lr. Parameters that do not require gradients are
+    left out (empty groups are kept, so there are always 8); within a group, the original's order."""
+    groups = []
+    trainable = [(n, p) for n, p in xclip_named_parameters(model) if p.requires_grad]
+    for part in ("clip",) + XCLIP_NEW_PARTS:
+        members = [(n, p) for n, p in trainable if xclip_part(n) == part]
+        part_lr = lr if part == "clip" else lr * XCLIP_NEW_PARTS_LR_SCALE
+        for no_decay in (False, True):
+            params = [p for n, p in members if xclip_no_decay(n, p) == no_decay]
+            groups.append({"params": params, "weight_decay": 0.0 if no_decay else weight_decay, "lr": part_lr})
+    return groups
+
+
+class XCLIPCosineSchedule:
+    """timm's CosineLRScheduler as the original X-CLIP builds and steps it, for the engine's
+    `set_step(k)` contract (k = optimizer steps already taken, over the whole run).
+
+    The original builds it with t_initial = int(epochs·I), warmup_t = int(warmup_epochs·I) (I = micro-
+    batches per epoch), warm-up from 0, lr_min = lr/100 for every group, one cycle, and calls
+    `step_update(epoch·I + idx)` after each optimizer step, idx being the micro-batch that completed
+    the step. An epoch has I div A steps (A = accumulation): its leftover micro-batches never step.
+    So step 0 runs at the lrs the scheduler set when it was built (0 with a warm-up, the base lrs
+    without) and step k ≥ 1 at the lrs for the micro-batch index of step k − 1.
+    """
+
+    def __init__(self, optimizer, *, lr_min, epochs, warmup_epochs, micro_batches_per_epoch, accumulation):
+        if micro_batches_per_epoch < accumulation:
+            raise ValueError(f"an epoch has {micro_batches_per_epoch} batches, fewer than "
+                             f"--gradient_accumulation_steps {accumulation}: no optimizer step would ever run; "
+                             "lower the accumulation or --batch_size")
+        self.optimizer = optimizer
+        self.micro_batches_per_epoch = micro_batches_per_epoch
+        self.accumulation = accumulation
+        self.steps_per_epoch = micro_batches_per_epoch // accumulation
+        self.t_initial = int(epochs * micro_batches_per_epoch)
+        self.warmup_t = int(warmup_epochs * micro_batches_per_epoch)
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])  # timm keeps each group's base lr here
+        self.base_values = [group["initial_lr"] for group in optimizer.param_groups]
+        self.lr_min = lr_min
+        self.warmup_steps = [value / self.warmup_t for value in self.base_values] if self.warmup_t else None
+        self.set_step(0)
+
+    def lrs_at(self, t):
+        """Every group's lr at scheduler time t (a micro-batch index), timm's formula and rounding."""
+        if self.warmup_t and t < self.warmup_t:
+            return [t * step for step in self.warmup_steps]
+        if t >= self.t_initial:  # past the single cycle
+            return [self.lr_min for _ in self.base_values]
+        return [self.lr_min + 0.5 * (base - self.lr_min) * (1 + math.cos(math.pi * t / self.t_initial))
+                for base in self.base_values]
+
+    def micro_batch_index(self, step):
+        """The `step_update` argument after optimizer step `step` (0-based, global)."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        return epoch * self.micro_batches_per_epoch + (within + 1) * self.accumulation - 1
+
+    def lrs_for_step(self, step):
+        """Every group's lr during optimizer step `step`."""
+        if step == 0:
+            return [0.0 for _ in self.base_values] if self.warmup_t else list(self.base_values)
+        return self.lrs_at(self.micro_batch_index(step - 1))
+
+    def set_step(self, step):
+        """Set every group's lr for optimizer step `step`; returns group 0's."""
+        values = self.lrs_for_step(step)
+        for group, value in zip(self.optimizer.param_groups, values):
+            group["lr"] = value
+        return values[0]
+
+    def state_dict(self):
+        """The values a timm CosineLRScheduler (1.0.x) saves, as in the original's `lr_scheduler`
+        entry (plain Python values)."""
+        return {"param_group_field": "lr", "_initial_param_group_field": "initial_lr",
+                "base_values": list(self.base_values), "metric": None, "t_in_epochs": False,
+                "noise_range_t": None, "noise_pct": 0.67, "noise_type": "normal", "noise_std": 1.0, "noise_seed": 42,
+                "t_initial": self.t_initial, "lr_min": self.lr_min, "cycle_mul": 1.0, "cycle_decay": 1.0,
+                "cycle_limit": 1, "warmup_t": self.warmup_t, "warmup_lr_init": 0, "warmup_prefix": False,
+                "k_decay": 1.0, "warmup_steps": list(self.warmup_steps or [1 for _ in self.base_values])}
+
+
+def build_xclip_optimizer(model, *, lr, weight_decay, epochs, warmup_epochs, micro_batches_per_epoch, accumulation):
+    """-> (AdamW over `xclip_parameter_groups`, XCLIPCosineSchedule). Freeze first (`freeze_text_tower`):
+    parameters that do not require gradients are left out, as the original's optimizer does."""
+    optimizer = torch.optim.AdamW(xclip_parameter_groups(model, lr, weight_decay), betas=XCLIP_BETAS, eps=XCLIP_EPS)
+    schedule = XCLIPCosineSchedule(optimizer, lr_min=lr / 100, epochs=epochs, warmup_epochs=warmup_epochs,
+                                   micro_batches_per_epoch=micro_batches_per_epoch, accumulation=accumulation)
+    return optimizer, schedule
