@@ -5,10 +5,11 @@ Retrieval (``DATALOADERS``): every builder takes ``(args, tokenizer)``. ``train`
 ``(DataLoader, length)``. ``test`` is the split evaluated after every epoch; ``val`` is None
 where the dataset has no separate validation split (MSR-VTT, ActivityNet).
 
-Recognition (``RECOGNITION_EVAL_LOADERS``): the evaluation loader builder of each datatype,
-called with explicit keyword arguments (``video_list.build_recognition_eval_loader``).
+Recognition (``RECOGNITION_EVAL_LOADERS``, ``RECOGNITION_TRAIN_LOADERS``): the evaluation and
+training loader builders of each datatype, called with explicit keyword arguments
+(``video_list.build_recognition_eval_loader``, ``recognition_train.build_recognition_train_loader``).
 """
-from . import activity, demo, didemo, lsmdc, msrvtt, msvd, video_list
+from . import activity, demo, didemo, lsmdc, msrvtt, msvd, recognition_train, video_list
 from .loaders import make_eval_loader, make_train_loader
 
 DATALOADERS = {}
@@ -38,3 +39,4 @@ register("didemo", didemo.build_dataset, val_split="val")
 register("demo", demo.build_dataset)
 
 RECOGNITION_EVAL_LOADERS = {"video_list": video_list.build_recognition_eval_loader}
+RECOGNITION_TRAIN_LOADERS = {"video_list": recognition_train.build_recognition_train_loader}
