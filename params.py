@@ -316,16 +316,19 @@ def check_args(args):
 
 
 def check_recognition(args):
-    """X-CLIP runs: eval-only for now, with a list file, a labels CSV and no token clustering."""
-    if args.do_train:
-        raise ValueError("--task_type recognition trains in a later version; evaluate with --do_train 0 --do_eval 1")
-    for flag in ("val_list", "labels_csv"):
+    """X-CLIP runs: a list file and its labels CSV for what the run does, no retrieval options."""
+    needed = ["train_list", "labels_csv"] if args.do_train else []
+    if args.do_eval or args.do_train:
+        needed += [] if args.zero_shot_lists else ["val_list", "labels_csv"]
+    for flag in dict.fromkeys(needed):
         if not getattr(args, flag):
             raise ValueError(f"--task_type recognition needs --{flag} (or its key in --config)")
     if args.num_clips < 1:
         raise ValueError(f"--num_clips must be >= 1, got {args.num_clips}")
     if args.num_crops not in (1, 3):
         raise ValueError(f"--num_crops must be 1 or 3 (X-CLIP's one centre crop or three crops), got {args.num_crops}")
+    if args.shots < 0 or not 0 <= args.label_smooth < 1 or args.drop_path_rate < 0:
+        raise ValueError("--shots must be >= 0, --label_smooth in [0, 1) and --drop_path_rate >= 0")
     for flag in ("cluster_inter", "inference_speed_test", "save_feature_path"):
         if getattr(args, flag):
             raise ValueError(f"--{flag} is a retrieval option; X-CLIP recognition does not take it")

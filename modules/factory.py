@@ -91,10 +91,11 @@ def build_recognition_model(args):
     CLIP's weights at the original's initialisation; then --init_model's weights. Sets
     `args.image_resolution` (the frames' side) from the model. Returns (model, checkpoint or None)."""
     checkpoint = resume_checkpoint(args)
+    options = dict(drop_path_rate=args.drop_path_rate, cache_text=bool(args.fix_text))
     if checkpoint is not None:
-        model = build_xclip_from_checkpoint(checkpoint, args.max_frames)
+        model = build_xclip_from_checkpoint(checkpoint, args.max_frames, **options)
     else:
-        model = build_xclip(clip_weights(args, None), args.max_frames, seed=args.seed)
+        model = build_xclip(clip_weights(args, None), args.max_frames, seed=args.seed, **options)
     if args.init_model:
         load_xclip_weights(model, read_checkpoint(args.init_model, unsafe=bool(args.unsafe_load_checkpoint)))
     args.image_resolution = model.config.image_resolution

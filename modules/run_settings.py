@@ -44,7 +44,9 @@ def config_defaults(argv, dests):
     if known.task_type != "recognition" and known.config is None:
         return {}, set()
     config = load_config(known.config, known.opts)
-    defaults = {"task_type": "recognition", "datatype": "video_list", "batch_size_val": 2, **flag_defaults(config)}
+    # X-CLIP validates with batch 2 and never clips gradients.
+    defaults = {"task_type": "recognition", "datatype": "video_list", "batch_size_val": 2, "clip_grad_norm": 0.0,
+                **flag_defaults(config)}
     return defaults, set(flag_defaults(config)) if known.config else set()
 
 

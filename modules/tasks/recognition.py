@@ -1,5 +1,7 @@
-"""Video recognition (X-CLIP) as a task of the engine: the model, the list-file loaders, and
-multi-view evaluation (top-1/top-5, metrics.json, scores.npy, results.jsonl)."""
+"""Video recognition (X-CLIP) as a task of the engine: the model, the list-file loaders, the
+original's training step (mixup/cutmix, its losses, 8 AdamW groups, timm's cosine schedule), and
+multi-view evaluation (top-1/top-5, metrics.json, scores.npy, results.jsonl), over one list or over
+the splits of a zero-shot protocol (mean ± std)."""
 import json
 import logging
 import os
@@ -8,14 +10,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataloaders import RECOGNITION_EVAL_LOADERS
+from dataloaders import RECOGNITION_EVAL_LOADERS, RECOGNITION_TRAIN_LOADERS
+from dataloaders.protocols import zero_shot_pairs, zero_shot_summary
 from dataloaders.video_list import read_class_names
 from modules import distributed as du
 from modules.engine import NonFiniteEvaluation, check_broken_share, move_batch
 from modules.factory import build_recognition_model
+from modules.optim import build_xclip_optimizer
 from modules.precision import autocast_context
 from modules.tasks.xclip_config import unused_keys
 from modules.xclip import tokenize_class_names
+from modules.xclip_train import freeze_text_tower, recognition_backward, recognition_loss
 
 logger = logging.getLogger("centerclip")
 TOP_K = (1, 5)
@@ -23,35 +28,95 @@ TOP_K = (1, 5)
 
 class RecognitionTask:
     arch = "xclip"
+    keep_incomplete_steps = False  # as the original: an epoch's leftover micro-batches are dropped
 
     def __init__(self, args):
-        self.class_names = read_class_names(args.labels_csv)
-        self.text_ids = tokenize_class_names(self.class_names)  # (K, 77)
+        """The evaluation suites: (list file, labels CSV, token ids [K, 77]) of --val_list, or of each
+        zero-shot split; and the training classes of --labels_csv."""
+        pairs = (zero_shot_pairs(args.zero_shot_lists, args.zero_shot_labels) if args.zero_shot_lists
+                 else [(args.val_list, args.labels_csv)])
+        self.suites = [(path, csv, tokenize_class_names(read_class_names(csv))) for path, csv in pairs]
+        self.class_names = read_class_names(args.labels_csv) if args.labels_csv else None
+        self.loss, self.accumulation, self.train_text_ids = None, args.gradient_accumulation_steps, None
+        if args.use_checkpoint:
+            logger.warning("--use_checkpoint (TRAIN.USE_CHECKPOINT) is not implemented: the vision blocks keep "
+                           "their activations (more memory, the same numbers)")
         if args.config and unused_keys(args.xclip_config):
-            logger.warning("%s sets %s, which this version does not use yet", args.config,
+            logger.warning("%s sets %s, which this version does not use", args.config,
                            ", ".join(unused_keys(args.xclip_config)))
         configured = args.xclip_config["DATA.NUM_CLASSES"] if args.config else None
-        if configured is not None and configured != len(self.class_names):
+        if configured is not None and self.class_names and configured != len(self.class_names):
             logger.warning("DATA.NUM_CLASSES is %d but %s lists %d classes; the CSV decides", configured,
                            args.labels_csv, len(self.class_names))
 
     def build_model(self, args, device):
-        """X-CLIP from --resume (sizes from its keys) or from CLIP's weights; --init_model weights.
-        Returns (model on device, the --resume checkpoint or None)."""
+        """X-CLIP from --resume (sizes from its keys) or from CLIP's weights; --init_model weights;
+        for training with --fix_text 1 the text tower frozen. Returns (model on device, checkpoint)."""
         model, checkpoint = build_recognition_model(args)
+        if args.do_train and args.fix_text:
+            freeze_text_tower(model)
         if args.precision == "fp16":
             model.half()
+        self.train_text_ids = tokenize_class_names(self.class_names).to(device) if self.class_names else None
         return model.to(device), checkpoint
 
-    def eval_loader(self, args):
+    def train_loader(self, args):
+        subset = os.path.join(args.output_dir, "few_shot_train_list.txt") if args.shots else None
+        loader, class_names, sampler = RECOGNITION_TRAIN_LOADERS[args.datatype](
+            list_path=args.train_list, root=args.features_path, labels_csv=args.labels_csv,
+            lmdb_path=args.lmdb_dataset, num_frames=args.max_frames, input_size=args.image_resolution,
+            batch_size=args.batch_size, num_workers=args.num_thread_reader, color_jitter=args.color_jitter,
+            gray_scale=args.gray_scale, shots=args.shots, seed=args.seed, subset_path=subset)
+        self.loss = recognition_loss(len(class_names), mixup=args.mixup, cutmix=args.cutmix,
+                                     switch_prob=args.mixup_switch_prob, label_smooth=args.label_smooth)
+        if subset:
+            logger.info("few-shot: %d videos per class, the list used is in %s", args.shots, subset)
+        return loader, len(loader.dataset), sampler
+
+    def eval_loader(self, args, suite=0):
+        path, csv, text_ids = self.suites[suite]
         loader, _ = RECOGNITION_EVAL_LOADERS[args.datatype](
-            list_path=args.val_list, root=args.features_path, labels_csv=args.labels_csv,
-            lmdb_path=args.lmdb_dataset, num_frames=args.max_frames, num_clips=args.num_clips,
-            num_crops=args.num_crops, input_size=args.image_resolution, batch_size=args.batch_size_val,
-            num_workers=args.num_thread_reader)
-        logger.info("%s: %d videos, %d classes, %d clip(s) x %d crop(s) per video", args.val_list,
-                    len(loader.dataset), len(self.class_names), args.num_clips, args.num_crops)
+            list_path=path, root=args.features_path, labels_csv=csv, lmdb_path=args.lmdb_dataset,
+            num_frames=args.max_frames, num_clips=args.num_clips, num_crops=args.num_crops,
+            input_size=args.image_resolution, batch_size=args.batch_size_val, num_workers=args.num_thread_reader)
+        logger.info("%s: %d videos, %d classes, %d clip(s) x %d crop(s) per video", path, len(loader.dataset),
+                    len(text_ids), args.num_clips, args.num_crops)
         return loader, len(loader.dataset)
+
+    def build_optimizer(self, model, args, batches_per_epoch):
+        """The original's AdamW (8 groups, 10x lr for the new parts) and timm's cosine schedule."""
+        return build_xclip_optimizer(model, lr=args.lr, weight_decay=args.wd, epochs=args.epochs,
+                                     warmup_epochs=args.warmup_epochs, micro_batches_per_epoch=batches_per_epoch,
+                                     accumulation=args.gradient_accumulation_steps)
+
+    @staticmethod
+    def optimizer_state(saved, optimizer):
+        groups = saved.get("param_groups", []) if isinstance(saved, dict) else []
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+            return None, "its parameter groups differ from this run's"
+        return saved, None
+
+    def backward(self, model, micro_batches, autocast, scaler):
+        """One optimizer step as the original: each micro-batch blended (mixup/cutmix), its loss / A
+        back-propagated; returns the step's loss."""
+        return recognition_backward(model, micro_batches, self.train_text_ids, self.loss,
+                                    accumulation=self.accumulation, autocast=autocast, scaler=scaler)
+
+    @staticmethod
+    def after_step(model):
+        """Nothing: X-CLIP never clamps logit_scale."""
+
+    @staticmethod
+    def loss_scalars(loss):
+        return {"loss": loss}
+
+    @staticmethod
+    def model_scalars(model):
+        return {}
+
+    @staticmethod
+    def broken_videos(batch):
+        return int((batch[2] == 0).sum())
 
     @staticmethod
     def video_paths(dataset):
@@ -59,7 +124,7 @@ class RecognitionTask:
 
     @staticmethod
     def tensorboard_metrics(metrics):
-        return metrics
+        return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
     @staticmethod
     def summary(metrics):
@@ -67,30 +132,52 @@ class RecognitionTask:
 
     @staticmethod
     def score(metrics):
-        """The number that decides ckpt.best: top-1 accuracy."""
+        """The number that decides ckpt.best: top-1 accuracy (the splits' mean in zero-shot)."""
         return metrics["top1"]
 
     @torch.no_grad()
     def evaluate(self, model, loader, device, args, epoch=None):
         """Score every video of the list (every view's softmax, averaged over the views), write
         metrics.json {"top1", "top5"} (percent), scores.npy [videos, classes] in list order, and a
-        line of results.jsonl."""
+        line of results.jsonl. Zero-shot: every split in turn (scores_<i>.npy), then the mean and
+        population std of top-1 over the splits."""
         model.eval()
-        summed, labels, broken = video_scores(model, loader, self.text_ids.to(device), device,
-                                              autocast_context(args.precision, device))
-        check_broken_share(broken, len(labels), args.allow_blank_videos)
-        if not np.isfinite(summed).all():
-            raise NonFiniteEvaluation("the class scores hold non-finite values (diverged weights?); nothing is written")
-        metrics = top_k_accuracy(summed, labels)  # ranked on the sum over views, as the original
-        scores = summed / (args.num_clips * args.num_crops)
-        logger.info("top-1 %.2f top-5 %.2f on %d videos (broken videos: %d of %d)", metrics["top1"],
-                    metrics["top5"], len(labels), broken, len(labels))
-        np.save(os.path.join(args.output_dir, "scores.npy"), scores)
+        splits = []
+        for i in range(len(self.suites)):
+            split_loader = loader if i == 0 else self.eval_loader(args, suite=i)[0]
+            splits.append(self.evaluate_split(model, split_loader, device, args, i))
+        if len(splits) == 1:
+            metrics, broken = {k: splits[0][k] for k in ("top1", "top5")}, splits[0]["broken_videos"]
+        else:
+            metrics, broken = zero_shot_metrics(splits), sum(s["broken_videos"] for s in splits)
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
         with open(os.path.join(args.output_dir, "results.jsonl"), "a") as f:
             f.write(json.dumps({"epoch": epoch, **metrics, "broken_videos": broken}) + "\n")
         return metrics
+
+    def evaluate_split(self, model, loader, device, args, suite):
+        path, _, text_ids = self.suites[suite]
+        summed, labels, broken = video_scores(model, loader, text_ids.to(device), device,
+                                              autocast_context(args.precision, device))
+        check_broken_share(broken, len(labels), args.allow_blank_videos)
+        if not np.isfinite(summed).all():
+            raise NonFiniteEvaluation("the class scores hold non-finite values (diverged weights?); nothing is "
+                                      "written")
+        metrics = top_k_accuracy(summed, labels)  # ranked on the sum over views, as the original
+        logger.info("%s: top-1 %.2f top-5 %.2f on %d videos (broken videos: %d of %d)", path, metrics["top1"],
+                    metrics["top5"], len(labels), broken, len(labels))
+        name = "scores.npy" if len(self.suites) == 1 else f"scores_{suite}.npy"
+        np.save(os.path.join(args.output_dir, name), summed / (args.num_clips * args.num_crops))
+        return {**metrics, "broken_videos": broken, "list": path}
+
+
+def zero_shot_metrics(splits):
+    """Mean ± population std (numpy, ddof 0) of top-1 over the splits, the mean top-5, and each split."""
+    top1, top1_std = zero_shot_summary([s["top1"] for s in splits])
+    top5 = float(np.mean([s["top5"] for s in splits]))
+    logger.info("zero-shot over %d splits: top-1 %.2f ± %.2f, top-5 %.2f", len(splits), top1, top1_std, top5)
+    return {"top1": top1, "top1_std": top1_std, "top5": top5, "splits": splits}
 
 
 def video_scores(model, loader, text_ids, device, autocast):
