@@ -327,6 +327,9 @@ def check_recognition(args):
         raise ValueError(f"--num_clips must be >= 1, got {args.num_clips}")
     if args.num_crops not in (1, 3):
         raise ValueError(f"--num_crops must be 1 or 3 (X-CLIP's one centre crop or three crops), got {args.num_crops}")
+    if args.do_train and args.precision == "fp16":
+        raise ValueError("--precision fp16 does not train X-CLIP (the original's O2 keeps fp32 master weights); "
+                         "use --precision amp (its O1) or fp32 (O0)")
     if args.shots < 0 or not 0 <= args.label_smooth < 1 or args.drop_path_rate < 0:
         raise ValueError("--shots must be >= 0, --label_smooth in [0, 1) and --drop_path_rate >= 0")
     for flag in ("cluster_inter", "inference_speed_test", "save_feature_path"):

@@ -16,7 +16,7 @@ from dataloaders.video_list import read_class_names
 from modules import distributed as du
 from modules.engine import NonFiniteEvaluation, check_broken_share, move_batch
 from modules.factory import build_recognition_model
-from modules.optim import build_xclip_optimizer
+from modules.optim import build_xclip_optimizer, map_optimizer_state
 from modules.precision import autocast_context
 from modules.tasks.xclip_config import unused_keys
 from modules.xclip import tokenize_class_names
@@ -37,7 +37,11 @@ class RecognitionTask:
                  else [(args.val_list, args.labels_csv)])
         self.suites = [(path, csv, tokenize_class_names(read_class_names(csv))) for path, csv in pairs]
         self.class_names = read_class_names(args.labels_csv) if args.labels_csv else None
-        self.loss, self.accumulation, self.train_text_ids = None, args.gradient_accumulation_steps, None
+        self.accumulation, self.train_text_ids = args.gradient_accumulation_steps, None
+        # Built at start-up, so a bad --mixup / --cutmix / --label_smooth fails before anything runs.
+        self.loss = recognition_loss(len(self.class_names), mixup=args.mixup, cutmix=args.cutmix,
+                                     switch_prob=args.mixup_switch_prob,
+                                     label_smooth=args.label_smooth) if args.do_train else None
         if args.use_checkpoint:
             logger.warning("--use_checkpoint (TRAIN.USE_CHECKPOINT) is not implemented: the vision blocks keep "
                            "their activations (more memory, the same numbers)")
@@ -67,8 +71,8 @@ class RecognitionTask:
             lmdb_path=args.lmdb_dataset, num_frames=args.max_frames, input_size=args.image_resolution,
             batch_size=args.batch_size, num_workers=args.num_thread_reader, color_jitter=args.color_jitter,
             gray_scale=args.gray_scale, shots=args.shots, seed=args.seed, subset_path=subset)
-        self.loss = recognition_loss(len(class_names), mixup=args.mixup, cutmix=args.cutmix,
-                                     switch_prob=args.mixup_switch_prob, label_smooth=args.label_smooth)
+        if class_names != self.class_names:
+            raise ValueError(f"the training loader's classes differ from --labels_csv {args.labels_csv}")
         if subset:
             logger.info("few-shot: %d videos per class, the list used is in %s", args.shots, subset)
         return loader, len(loader.dataset), sampler
@@ -91,10 +95,8 @@ class RecognitionTask:
 
     @staticmethod
     def optimizer_state(saved, optimizer):
-        groups = saved.get("param_groups", []) if isinstance(saved, dict) else []
-        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
-            return None, "its parameter groups differ from this run's"
-        return saved, None
+        """Ours or the original's released `optimizer` entry (same 8 groups, same order), fitted."""
+        return map_optimizer_state(saved, optimizer)
 
     def backward(self, model, micro_batches, autocast, scaler):
         """One optimizer step as the original: each micro-batch blended (mixup/cutmix), its loss / A
