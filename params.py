@@ -322,8 +322,6 @@ def check_args(args):
 
 def check_recognition(args):
     """X-CLIP runs: eval-only for now, with a list file, a labels CSV and no token clustering."""
-    if args.do_train:
-        raise ValueError("--task_type recognition trains in a later version; evaluate with --do_train 0 --do_eval 1")
     for flag in ("val_list", "labels_csv"):
         if not getattr(args, flag):
             raise ValueError(f"--task_type recognition needs --{flag} (or its key in --config)")
