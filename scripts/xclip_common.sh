@@ -5,7 +5,7 @@
 #   TOTAL_BATCH        training batch over all processes, per optimizer step (default 256, the
 #                      original's advice; few-shot 64): processes x BATCH_PER_PROCESS x accumulation
 #   BATCH_PER_PROCESS  at most this many videos per process and forward pass (default: the config's
-#                      TRAIN.BATCH_SIZE, what fits a 32 GB GPU); the rest of the batch is accumulated
+#                      TRAIN.BATCH_SIZE, its per-GPU batch); the rest of the batch is accumulated
 #   NUM_CLIPS, NUM_CROPS  evaluation views (default: the preset's; 1 x 1 for training runs)
 #   FEATURES_PATH, TRAIN_LIST, VAL_LIST   the videos and list files (defaults: see each launcher)
 # Arguments given to a launcher are appended to main.py's flags (later flags win), e.g.
