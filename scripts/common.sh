@@ -8,8 +8,8 @@
 #   OUTPUT_DIR      this run's output folder                         (default $MODELS_DIR/<run name>)
 #   NPROC           processes (GPUs) per node        (default: GPUs listed by nvidia-smi, else 1)
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT      torchrun rendezvous (default 1, 0, 127.0.0.1, 29500)
-#   TOTAL_BATCH     training batch over all processes (default 128, the paper's); each process
-#                   gets TOTAL_BATCH / (NPROC * NNODES)
+#   TOTAL_BATCH     training batch over all processes (default 128, the paper's; X-CLIP launchers:
+#                   see scripts/xclip_common.sh); each process gets TOTAL_BATCH / (NPROC * NNODES)
 #   DO_TRAIN, DO_EVAL  1/0 switches (default: train, or eval only for a released checkpoint)
 #   RESUME          checkpoint to resume or evaluate   (default: the preset's released checkpoint)
 #   LMDB            read the videos from this LMDB (preprocess/folder2lmdb.py)
@@ -118,11 +118,19 @@ launch() {
     )
     if [[ -n $resume ]]; then flags+=(--resume "$resume"); fi
     if [[ -n ${LMDB:-} ]]; then flags+=(--lmdb_dataset "$LMDB"); fi
+    run_torchrun "$output_dir" "${flags[@]}" "${user_flags[@]}"
+}
+
+# run_torchrun OUTPUT_DIR MAIN_PY_ARGUMENTS...
+# Runs (or with DRY_RUN=1 prints) torchrun main.py with the arguments, on NPROC processes of NNODES
+# nodes; the output is appended to OUTPUT_DIR/launcher.log (launcher.node<N>.log on node N > 0).
+run_torchrun() {
+    local output_dir=$1
+    shift
     local launcher=("$PYTHON" -m torch.distributed.run)
     if [[ -n ${TORCHRUN:-} ]]; then launcher=("$TORCHRUN"); fi
     local command=("${launcher[@]}" --nnodes "$NNODES" --nproc_per_node "$NPROC" --node_rank "$NODE_RANK"
-        --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT"
-        "$REPO_ROOT/main.py" "${flags[@]}" "${user_flags[@]}")
+        --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" "$REPO_ROOT/main.py" "$@")
     if [[ ${DRY_RUN:-0} == 1 ]]; then
         printf '%q ' "${command[@]}"
         echo
