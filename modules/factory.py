@@ -2,6 +2,7 @@
 (CLIP file, --init_model, --resume). Tools import model building from here, never from main.py."""
 import logging
 import os
+import pickle
 
 from modules.checkpoint import load_model_weights, model_state_from_checkpoint, read_checkpoint
 from modules.clip import SCRATCH_MODELS, build_clip, load_clip_state_dict, random_clip_state_dict, read_clip_state_dict
@@ -51,23 +52,44 @@ def resume_checkpoint(args):
 
 
 def clip_weights(args, checkpoint):
-    """CLIP from --pretrained_dir; when the file is absent but a checkpoint is given, CLIP is rebuilt
-    from the checkpoint's own `clip.*` weights (its cluster tables are loaded with the model).
-    Sizes trained from scratch (`demo-small`) start from OpenAI's random initialisation."""
+    """CLIP from --pretrained (a CLIP file, or a retrieval checkpoint's CLIP), else from --pretrained_dir;
+    when that file is absent but a checkpoint is given, CLIP is rebuilt from the checkpoint's own
+    `clip.*` weights (its cluster tables are loaded with the model). Sizes trained from scratch
+    (`demo-small`) otherwise start from OpenAI's random initialisation."""
+    if args.pretrained_clip_path:
+        return pretrained_clip_weights(args.pretrained_clip_path, unsafe=bool(args.unsafe_load_checkpoint))
     if args.pretrained_clip_name in SCRATCH_MODELS:
         return random_clip_state_dict(args.pretrained_clip_name, seed=args.seed)
-    if args.pretrained_clip_path:
-        if not os.path.isfile(args.pretrained_clip_path):
-            raise FileNotFoundError(f"--pretrained {args.pretrained_clip_path} does not exist")
-        return read_clip_state_dict(args.pretrained_clip_path)
     try:
         return load_clip_state_dict(args.pretrained_clip_name, args.pretrained_dir, download=bool(args.download_clip))
     except FileNotFoundError as err:
         if checkpoint is None:
             raise
         logger.warning("%s\nbuilding CLIP from the checkpoint's clip.* weights instead", err)
+    return retrieval_clip_weights(checkpoint)
+
+
+def retrieval_clip_weights(checkpoint):
+    """The CLIP weights inside a retrieval checkpoint or weights export (its `clip.*` keys, without
+    the cluster tables), in OpenAI's layout."""
     state = model_state_from_checkpoint(checkpoint)
     return {k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.") and "tokencluster_inter" not in k}
+
+
+def pretrained_clip_weights(path, unsafe=False):
+    """--pretrained: OpenAI's CLIP file (TorchScript or state dict), or a checkpoint of this project's
+    retrieval task (`ckpt.best.pth.tar`, an --export_weights file), whose fine-tuned CLIP is used."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--pretrained {path} does not exist")
+    try:
+        state = read_clip_state_dict(path)
+    except pickle.UnpicklingError:  # a checkpoint holding more than tensors (read with the allow-list)
+        state = read_checkpoint(path, unsafe=unsafe)
+    if "visual.conv1.weight" not in state:
+        state = retrieval_clip_weights(state)
+    if "visual.conv1.weight" not in state:
+        raise ValueError(f"--pretrained {path} holds neither CLIP weights nor a retrieval checkpoint's clip.* weights")
+    return state
 
 
 def build_retrieval_model(args):

@@ -9,6 +9,8 @@ import torch
 
 from modules.clip import build_clip, clip_weights_path, config_from_state_dict, download_weights, \
     load_clip_state_dict
+from modules.checkpoint import save_checkpoint
+from modules.factory import pretrained_clip_weights
 from tests.reference_clip import reference_image, reference_text
 from tests.tiny_clip import make_tiny_clip_state_dict, save_torchscript_archive
 
@@ -126,3 +128,25 @@ def test_load_downloads_when_asked(tmp_path, served_dir, monkeypatch):
         load_clip_state_dict("ViT-B/32", str(pretrained))
     loaded = load_clip_state_dict("ViT-B/32", str(pretrained), download=True)
     assert set(loaded) == set(sd) and torch.equal(loaded["visual.proj"], sd["visual.proj"])
+
+
+def test_pretrained_reads_clip_files_and_a_retrieval_checkpoints_clip(tmp_path):
+    """--pretrained: OpenAI's TorchScript archive or state dict as it is, or the fine-tuned CLIP
+    inside a retrieval checkpoint (its clip.* weights, DDP prefix and cluster tables dropped)."""
+    clip = make_tiny_clip_state_dict(layers=2, text_layers=1, vocab=1000, resolution=64)
+    torch.save(clip, tmp_path / "plain.pt")
+    save_torchscript_archive(clip, tmp_path / "jit.pt", resolution=64, vocab=1000)
+    model_state = {"module.clip." + k: v + 1 for k, v in clip.items()}
+    model_state["module.clip.visual.transformer.resblocks.0.tokencluster_inter.table"] = torch.zeros(3)
+    model_state["module.head.weight"] = torch.zeros(2)
+    save_checkpoint({"state_dict": model_state, "epoch": 3, "hparams": {"lr": 1e-4}}, str(tmp_path / "ckpt.pth.tar"))
+    for name, expected in (("plain.pt", clip), ("jit.pt", clip),
+                           ("ckpt.pth.tar", {k: v + 1 for k, v in clip.items()})):
+        state = pretrained_clip_weights(str(tmp_path / name))
+        assert state.keys() == expected.keys(), name
+        assert all(torch.equal(state[k], expected[k]) for k in expected), name
+    torch.save({"state_dict": {"head.weight": torch.zeros(2)}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt holds neither"):
+        pretrained_clip_weights(str(tmp_path / "other.pt"))
+    with pytest.raises(FileNotFoundError, match="--pretrained .*absent.pt"):
+        pretrained_clip_weights(str(tmp_path / "absent.pt"))
