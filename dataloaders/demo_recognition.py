@@ -1,24 +1,27 @@
 """Video recognition demo data (`--task_type recognition --datatype video_list`): no download.
 
-Short real H.264 videos drawn with the retrieval demo's code (`dataloaders/demo.py`): a large
-coloured shape on a background. The class is what the shape is and what it does, e.g. "circle moves up" or
-"square grows": 4 shapes x 5 motions = 20 classes. Colour (8) and background (4) vary within a
-class, so neither tells the class. The motions are the same when mirrored left-right, because
-X-CLIP's training flips videos horizontally half of the time (XCLIP_SPEC §3.4): "moves left"
-against "moves right" could not be learned. Up/down and grows/shrinks differ only in the order of
-the frames, so the classes need the model's temporal parts, not one frame.
+Short real H.264 videos drawn with the retrieval demo's code (`dataloaders/demo.py`): a shape moving
+over a background, whose colour changes half-way. The class is that change, e.g. "red turns blue":
+5 colours give 20 ordered pairs = 20 classes. "red turns blue" and "blue turns red" show the same
+colours for the same time, so the classes need the order of the frames (the model's temporal parts),
+not one frame or their average. Shape (4), background (4) and motion (the retrieval demo's 5, moving
+left or right included: the class does not depend on the horizontal flips of X-CLIP's training)
+vary within a class and tell nothing about it. Colour is the class, so the demo trains without
+X-CLIP's colour jitter and grayscale (`--color_jitter 0 --gray_scale 0`).
 
 Written once, by `ensure_generated(data_dir)` or `python -m dataloaders.demo_recognition
 --data_dir DIR`, into `<DIR>/demo_recognition/` (a temporary folder renamed when complete, so an
 interrupted generation is redone), in X-CLIP's formats (XCLIP_SPEC §3.1):
 
-    videos/NNNN.mp4    20 videos per class (12 frames of 224 x 224 at 3 fps)
-    videos.csv         what each video shows: video,label,name,colour,background,split
+    videos/NNNN.mp4    20 videos per class (12 frames of 224 x 224 at 3 fps; colour 1 in frames
+                       0-5, colour 2 in frames 6-11)
+    videos.csv         what each video shows: video,label,name,shape,background,motion,split
     labels.csv         the 20 classes (id,name; class index = row order)
-    train.txt          16 videos per class (320); each class's videos have distinct colour and
-    val.txt            background pairs, so val's 4 per class (80) are pairs unseen in training
-  zero-shot variant: for each motion one shape is held out (5 unseen classes, one per motion; each
-  shape and each motion still occurs in training with other partners):
+    train.txt          16 videos per class (320); each class's videos have distinct (shape,
+    val.txt            background, motion) triples, so val's 4 per class (80) are triples unseen
+                       in that class's training videos
+  zero-shot variant: 5 changes held out (red turns green, green turns blue, blue turns yellow,
+  yellow turns white, white turns red), so every colour still starts and ends 3 seen classes:
     labels_seen.csv    the 15 seen classes, renumbered 0..14 in labels.csv's order
     train_seen.txt     train.txt's videos of the seen classes (240), labels of labels_seen.csv
     val_seen.txt       val.txt's videos of the seen classes (60)
@@ -37,54 +40,35 @@ import numpy as np
 
 from . import demo
 
-SHAPES = demo.SHAPES
-MOTIONS = ("moves up", "moves down", "stays still", "grows", "shrinks")
+COLOURS = ("red", "green", "blue", "yellow", "white")
+CHANGE_FRAME = demo.FRAMES // 2  # the first frame in the second colour
 VIDEOS_PER_CLASS, VAL_PER_CLASS = 20, 4
 FOLDER = "demo_recognition"
 FILES = ("videos.csv", "labels.csv", "train.txt", "val.txt", "labels_seen.csv", "train_seen.txt", "val_seen.txt",
          "labels_unseen.csv", "val_unseen.txt")
 
 
-def class_name(shape, motion):
-    return f"{shape} {motion}"
+def class_name(first, second):
+    return f"{first} turns {second}"
 
 
 def classes():
-    """[(shape, motion)] in class-index order: motion-major (class = 4·motion + shape)."""
-    return [(shape, motion) for motion in MOTIONS for shape in SHAPES]
+    """[(first colour, second colour)] in class-index order: first-colour-major."""
+    return [(first, second) for first in COLOURS for second in COLOURS if first != second]
 
 
 def unseen_classes():
-    """The held-out (shape, motion) pairs: motion m with shape m mod 4 (a diagonal, so every shape
-    and every motion keeps seen partners)."""
-    return [(SHAPES[m % len(SHAPES)], motion) for m, motion in enumerate(MOTIONS)]
+    """The held-out changes: each colour to the next one in COLOURS (a cycle, so every colour keeps
+    seen classes as first and as second colour)."""
+    return [(colour, COLOURS[(k + 1) % len(COLOURS)]) for k, colour in enumerate(COLOURS)]
 
 
-def trajectory(motion, rng):
-    """(centre x, centre y, radius), each float [FRAMES], of a shape doing `motion`. Shapes are large
-    (radius 34-44 px: several of the model's 32-pixel patches wide) and travel 80-100 px up or down,
-    stay, or grow from a radius of 12-18 to 52-60 px in place (shrink: the reverse)."""
-    t = np.linspace(0, 1, demo.FRAMES)
-    if motion in ("grows", "shrinks"):
-        small, large = rng.uniform(12, 18), rng.uniform(52, 60)
-        radius = small + (large - small) * (t if motion == "grows" else 1 - t)
-    else:
-        radius = np.full(demo.FRAMES, rng.uniform(34, 44))
-    margin = 1.3 * radius.max() + 2  # the diamond reaches 1.3 radii from its centre
-    travel = {"moves up": -1, "moves down": 1}.get(motion, 0) * rng.uniform(80, 100)
-    cx = np.full(demo.FRAMES, rng.uniform(margin, demo.SIZE - margin))
-    start = rng.uniform(margin + max(0.0, -travel), demo.SIZE - margin - max(0.0, travel))
-    return cx, start + travel * t, radius
-
-
-def action_frames(colour, shape, motion, background, rng):
-    """uint8 [FRAMES, SIZE, SIZE, 3]: one video of class (shape, motion), drawn with the retrieval
-    demo's backgrounds and shapes."""
-    cx, cy, radius = trajectory(motion, rng)
-    frames = np.repeat(demo.background_image(background, rng)[None], demo.FRAMES, axis=0)
-    for t in range(demo.FRAMES):
-        frames[t][demo.shape_mask(shape, cx[t], cy[t], radius[t])] = demo.COLOURS[colour]
-    return frames
+def change_frames(first, second, shape, motion, background, seed):
+    """uint8 [FRAMES, SIZE, SIZE, 3]: the retrieval demo's scene (shape, motion, background drawn from
+    `seed`) in colour `first` up to CHANGE_FRAME, in colour `second` from there on."""
+    before = demo.scene_frames(first, shape, motion, background, np.random.default_rng(seed))
+    after = demo.scene_frames(second, shape, motion, background, np.random.default_rng(seed))
+    return np.concatenate([before[:CHANGE_FRAME], after[CHANGE_FRAME:]])
 
 
 def write_labels(path, names):
@@ -103,29 +87,29 @@ def write_list(path, items):
 def generate(root, seed=0, videos_per_class=VIDEOS_PER_CLASS, val_per_class=VAL_PER_CLASS):
     """Write the videos and every list and labels file (module docstring) into the new folder `root`.
 
-    Each class's videos take distinct (colour, background) pairs drawn with `seed`; the first
-    `val_per_class` of them are validation videos. Every video's drawing has its own generator
-    seeded with (seed, class, video), so the files depend only on the arguments.
+    Each class's videos take distinct (shape, background, motion) triples drawn with `seed`; the
+    first `val_per_class` of them are validation videos. Every video's drawing is seeded with
+    (seed, class, video), so the files depend only on the arguments.
     """
-    pairs = list(itertools.product(demo.COLOURS, demo.BACKGROUNDS))
-    if not 0 < val_per_class < videos_per_class <= len(pairs):
-        raise ValueError(f"need 0 < val_per_class < videos_per_class <= {len(pairs)}, got "
+    triples = list(itertools.product(demo.SHAPES, demo.BACKGROUNDS, demo.MOTIONS))
+    if not 0 < val_per_class < videos_per_class <= len(triples):
+        raise ValueError(f"need 0 < val_per_class < videos_per_class <= {len(triples)}, got "
                          f"{val_per_class} and {videos_per_class}")
     os.makedirs(os.path.join(root, "videos"))
     train, val, rows = [], [], []  # (relative path, class index); videos.csv rows
-    for label, (shape, motion) in enumerate(classes()):
-        order = np.random.default_rng([seed, label]).permutation(len(pairs))[:videos_per_class]
-        for k, pair in enumerate(order):
+    for label, (first, second) in enumerate(classes()):
+        order = np.random.default_rng([seed, label]).permutation(len(triples))[:videos_per_class]
+        for k, triple in enumerate(order):
             video = f"{label * videos_per_class + k:04d}.mp4"
-            colour, background = pairs[pair]
-            rng = np.random.default_rng([seed, label, k])
-            demo.write_h264(os.path.join(root, "videos", video), action_frames(colour, shape, motion, background, rng))
-            (val if k < val_per_class else train).append((video, label))
-            rows.append((video, label, class_name(shape, motion), colour, background,
-                         "val" if k < val_per_class else "train"))
+            shape, background, motion = triples[triple]
+            frames = change_frames(first, second, shape, motion, background, [seed, label, k])
+            demo.write_h264(os.path.join(root, "videos", video), frames)
+            split = "val" if k < val_per_class else "train"
+            (val if split == "val" else train).append((video, label))
+            rows.append((video, label, class_name(first, second), shape, background, motion, split))
     with open(os.path.join(root, "videos.csv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["video", "label", "name", "colour", "background", "split"])
+        writer.writerow(["video", "label", "name", "shape", "background", "motion", "split"])
         writer.writerows(rows)
     write_splits(root, train, val)
 

@@ -15,7 +15,7 @@ from dataloaders.video_list import read_class_names, read_video_list
 from tests.video_factory import decode_all_frames
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-UNSEEN = ["circle moves up", "square moves down", "triangle stays still", "diamond grows", "circle shrinks"]
+UNSEEN = ["red turns green", "green turns blue", "blue turns yellow", "yellow turns white", "white turns red"]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,8 @@ def counts(items):
 def test_classes_and_splits(data):
     root = data / "demo_recognition"
     names, train = split(root, "train.txt", "labels.csv")
-    assert len(names) == 20 and names[:3] == ["circle moves up", "square moves up", "triangle moves up"]
-    assert names[12:14] == ["circle grows", "square grows"] and len(set(names)) == 20
+    assert len(names) == 20 and names[:3] == ["red turns green", "red turns blue", "red turns yellow"]
+    assert names[4:6] == ["green turns red", "green turns blue"] and len(set(names)) == 20
     _, val = split(root, "val.txt", "labels.csv")
     assert counts(train) == {name: 16 for name in names} and counts(val) == {name: 4 for name in names}
     assert not {v for v, _ in train} & {v for v, _ in val}  # validation videos are unseen in training
@@ -70,22 +70,22 @@ def test_zero_shot_variant(data):
     assert train_seen == [item for item in train if item[1] not in UNSEEN]
     assert val_seen == [item for item in val if item[1] not in UNSEEN]
     assert sorted(val_unseen) == sorted(item for item in train + val if item[1] in UNSEEN)
-    # Every shape and every motion of a held-out class is still trained with other partners.
+    # Every colour of a held-out class is still trained, first and second, with other partners.
     trained = {name for _, name in train_seen}
-    for shape in demo_recognition.SHAPES:
-        assert any(name.startswith(shape + " ") for name in trained)
-    for motion in demo_recognition.MOTIONS:
-        assert any(name.endswith(" " + motion) for name in trained)
+    for colour in demo_recognition.COLOURS:
+        assert sum(name.startswith(colour + " ") for name in trained) == 3
+        assert sum(name.endswith(" " + colour) for name in trained) == 3
 
 
-def test_colour_and_background_vary_within_a_class(data):
+def test_shape_background_and_motion_vary_within_a_class(data):
     videos = list(csv.DictReader(open(data / "demo_recognition" / "videos.csv")))
     assert len(videos) == 400
     for name in {video["name"] for video in videos}:
-        shown = [(v["colour"], v["background"], v["split"]) for v in videos if v["name"] == name]
-        assert len({(colour, background) for colour, background, _ in shown}) == 20  # all distinct
-        assert len({colour for colour, _, _ in shown}) >= 4 and len({b for _, b, _ in shown}) >= 3
-        assert [split for _, _, split in shown].count("val") == 4
+        shown = [(v["shape"], v["background"], v["motion"], v["split"]) for v in videos if v["name"] == name]
+        assert len({triple[:3] for triple in shown}) == 20  # all distinct
+        for field in range(3):
+            assert len({triple[field] for triple in shown}) >= 3
+        assert [triple[3] for triple in shown].count("val") == 4
     _, val = split(data / "demo_recognition", "val.txt", "labels.csv")
     assert sorted(v for v, _ in val) == sorted(v["video"] for v in videos if v["split"] == "val")
 
@@ -94,20 +94,22 @@ def shape_pixels(frames, colour):
     return np.all(frames == demo.COLOURS[colour], axis=-1)  # (T, H, W)
 
 
-@pytest.mark.parametrize("motion", demo_recognition.MOTIONS)
-def test_videos_show_their_motion(motion):
-    frames = demo_recognition.action_frames("green", "circle", motion, "light", np.random.default_rng(5))
+@pytest.mark.parametrize("motion", demo.MOTIONS)
+def test_videos_change_colour_half_way_and_nothing_else(motion):
+    """The first half in the first colour, the second in the second, with the scene of the
+    retrieval demo unchanged: same shape, same path, same background."""
+    frames = demo_recognition.change_frames("red", "blue", "circle", motion, "light", [5])
     assert frames.shape == (demo.FRAMES, demo.SIZE, demo.SIZE, 3)
-    mask = shape_pixels(frames, "green")
-    area = mask.sum(axis=(1, 2))
-    rows = [np.nonzero(mask[t].any(axis=1))[0].mean() for t in range(demo.FRAMES)]
-    columns = [np.nonzero(mask[t].any(axis=0))[0].mean() for t in range(demo.FRAMES)]
-    assert abs(columns[-1] - columns[0]) < 1  # never sideways: the same when mirrored
-    moved, grown = rows[-1] - rows[0], area[-1] / area[0]
-    expected = {"moves up": (moved < -50, 0.95 < grown < 1.05), "moves down": (moved > 50, 0.95 < grown < 1.05),
-                "stays still": (abs(moved) < 1, grown == 1), "grows": (abs(moved) < 1, grown > 5),
-                "shrinks": (abs(moved) < 1, grown < 0.2)}[motion]
-    assert expected == (True, True)
+    half = demo_recognition.CHANGE_FRAME
+    red, blue = shape_pixels(frames, "red"), shape_pixels(frames, "blue")
+    assert red[:half].sum(axis=(1, 2)).min() > 1000 and not red[half:].any()
+    assert blue[half:].sum(axis=(1, 2)).min() > 1000 and not blue[:half].any()
+    scene = demo.scene_frames("red", "circle", motion, "light", np.random.default_rng([5]))
+    assert np.array_equal(red | blue, shape_pixels(scene, "red"))
+    assert np.array_equal(frames[~(red | blue)], scene[~shape_pixels(scene, "red")])
+    reverse = demo_recognition.change_frames("blue", "red", "circle", motion, "light", [5])
+    # the reversed change draws the same pixels, the two colours in the other order
+    assert np.array_equal(shape_pixels(reverse, "blue"), red) and np.array_equal(shape_pixels(reverse, "red"), blue)
 
 
 def test_videos_are_h264_of_the_documented_size(data):

@@ -198,19 +198,20 @@ def test_launchers_find_their_python(name, tmp_path):
     assert first_word(with_venv, name, tmp_path, {"PYTHON": "/opt/py/bin/python", **env}) == "/opt/py/bin/python"
 
 
-def demo_command(tmp_path, env=None, args=()):
+def demo_commands(tmp_path, env=None, args=()):
     result = run_in(SCRIPTS, "demo_recognition.sh", tmp_path, {**CLEAN, "DRY_RUN": "1", **(env or {})}, args)
     assert result.returncode == 0, result.stderr
-    return shlex.split(result.stdout)
+    return [shlex.split(line) for line in result.stdout.splitlines()]
 
 
 def test_demo_command(tmp_path):
-    words = demo_command(tmp_path)
+    [words] = demo_commands(tmp_path)
     assert words[:2] == [".venv/bin/python", "main.py"]  # made by the demo if absent
     args = params.get_args(words[2:])
     assert (args.task_type, args.datatype, args.pretrained_clip_name) == ("recognition", "video_list", "demo-small")
-    assert (args.do_train, args.fix_text, args.max_frames, args.precision) == (1, 0, 6, "fp32")
-    assert (args.epochs, args.batch_size, args.gradient_accumulation_steps, args.lr, args.mixup) == (30, 16, 1, 3e-4, 0)
+    assert (args.do_train, args.fix_text, args.max_frames, args.precision) == (1, 1, 6, "fp32")
+    assert (args.epochs, args.batch_size, args.gradient_accumulation_steps, args.lr, args.mixup) == (12, 16, 1, 3e-4, 0)
+    assert (args.color_jitter, args.gray_scale, args.overwrite) == (0, 0, 1)
     root = "data/demo_recognition"
     assert (args.train_list, args.val_list, args.labels_csv) == (f"{root}/train.txt", f"{root}/val.txt",
                                                                  f"{root}/labels.csv")
@@ -218,24 +219,34 @@ def test_demo_command(tmp_path):
 
 
 def test_demo_zero_shot_variant_and_extra_arguments(tmp_path):
-    words = demo_command(tmp_path, {"ZERO_SHOT": "1", "PYTHON": "/opt/py/bin/python", "DATA_DIR": "/d"},
-                         args=["--epochs", "2", "--lr", "1e-3"])
-    assert words[:2] == ["/opt/py/bin/python", "main.py"]
-    args = params.get_args(words[2:])
-    assert (args.epochs, args.lr) == (2, 1e-3)
+    """ZERO_SHOT=1 trains on the seen classes, then evaluates that run's best checkpoint on the
+    held-out classes alone; extra arguments go to the training command."""
+    train, test = demo_commands(tmp_path, {"ZERO_SHOT": "1", "PYTHON": "/opt/py/bin/python", "DATA_DIR": "/d"},
+                                args=["--epochs", "2", "--lr", "1e-3"])
+    assert train[:2] == test[:2] == ["/opt/py/bin/python", "main.py"]
+    args = params.get_args(train[2:])
+    assert (args.epochs, args.lr, args.do_train) == (2, 1e-3, 1)
     root = "/d/demo_recognition"
     assert (args.train_list, args.val_list, args.labels_csv) == (f"{root}/train_seen.txt", f"{root}/val_seen.txt",
                                                                  f"{root}/labels_seen.csv")
+    assert args.zero_shot_lists is None and args.output_dir == "outputs/demo_recognition_zero_shot"
+    args = params.get_args(test[2:])
+    assert (args.do_train, args.do_eval, args.resume) == (0, 1, "outputs/demo_recognition_zero_shot/ckpt.best.pth.tar")
     assert (args.zero_shot_lists, args.zero_shot_labels) == ([f"{root}/val_unseen.txt"], [f"{root}/labels_unseen.csv"])
-    assert args.output_dir == "outputs/demo_recognition_zero_shot"
+    assert args.output_dir == "outputs/demo_recognition_zero_shot/zero_shot"
 
 
-# Stands in for Python: records its arguments; as main.py writes metrics.json, or fails when asked to.
+# Stands in for Python: records its arguments; as main.py, writes the summary lines of log.txt, or
+# fails when asked to.
 FAKE_PYTHON = """echo "$*" >> "$CALLS"
 if [[ $1 == main.py ]]; then
     [[ $* != *--fail* ]] || { echo "boom" >&2; exit 3; }
     out=$(echo "$*" | sed 's/.*--output_dir \\([^ ]*\\).*/\\1/')
-    echo '{"top1": 87.5, "top5": 100.0}' > "$out/metrics.json"
+    mkdir -p "$out"
+    { echo "2026-01-01 INFO centerclip: x.txt: top-1 20.00 top-5 100.00 on 100 videos"
+      echo "2026-01-01 INFO centerclip: last epoch 11: top-1 87.50 top-5 100.00"
+      echo "2026-01-01 INFO centerclip: best epoch 9: top-1 88.75 top-5 100.00 (ckpt.best.pth.tar holds it)"
+    } > "$out/log.txt"
 fi
 """
 
@@ -257,5 +268,22 @@ def test_demo_generates_then_trains_then_prints_the_metrics(fail, tmp_path):
         assert result.returncode == 3 and "boom" in log
     else:
         assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout[result.stdout.index("{"):]) == {"top1": 87.5, "top5": 100.0}
-        assert "80 videos of 20 classes" in result.stdout
+        assert result.stdout.splitlines()[-3:] == [
+            "validation (80 videos of 20 classes, chance top-1 5%):", "last epoch 11: top-1 87.50 top-5 100.00",
+            "best epoch 9: top-1 88.75 top-5 100.00 (ckpt.best.pth.tar holds it)"]
+
+
+def test_demo_zero_shot_evaluates_the_best_checkpoint_after_training(tmp_path):
+    python = tmp_path / "fake_python"
+    python.write_text("#!/usr/bin/env bash\n" + FAKE_PYTHON)
+    python.chmod(python.stat().st_mode | stat.S_IXUSR)
+    calls, out = tmp_path / "calls.txt", tmp_path / "out"
+    env = {**CLEAN, "PYTHON": str(python), "CALLS": str(calls), "OUTPUT_DIR": str(out), "DATA_DIR": str(tmp_path / "d"),
+           "ZERO_SHOT": "1"}
+    result = run_in(SCRIPTS, "demo_recognition.sh", tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 3 and "--do_train 1" in lines[1] and "--train_list" in lines[1]
+    assert f"--do_train 0 --do_eval 1 --resume {out}/ckpt.best.pth.tar" in lines[2]
+    assert result.stdout.splitlines()[-1] == "x.txt: top-1 20.00 top-5 100.00 on 100 videos"
+    assert "never trained on" in result.stdout.splitlines()[-2]
