@@ -219,7 +219,9 @@ def add_recognition_args(parser):
     group.add_argument("--color_jitter", type=float, default=0.8, help="chance of colour jitter per video")
     group.add_argument("--gray_scale", type=float, default=0.2, help="chance of grayscale per video")
     group.add_argument("--use_checkpoint", type=int, default=0, help="gradient checkpointing of the vision blocks")
-    group.add_argument("--save_freq", type=int, default=1, help="keep ckpt_epoch_<e>.pth every n epochs")
+    group.add_argument("--save_freq", type=int, default=0,
+                       help="also keep ckpt_epoch_<e>.pth.tar every n epochs and at the last (0: none; X-CLIP's "
+                            "SAVE_FREQ, 1 for recognition runs)")
     group.add_argument("--shots", type=int, default=0,
                        help="few-shot: train on this many videos per class, drawn with --seed (0 = all)")
     group.add_argument("--zero_shot_lists", nargs="+", default=None,
@@ -275,6 +277,7 @@ def check_ranges(args):
         ("minkowski_norm_p", args.minkowski_norm_p > 0, "a positive number"),
         ("clip_grad_norm", args.clip_grad_norm >= 0, ">= 0 (0 disables clipping)"),
         ("dist_timeout", args.dist_timeout > 0, "a positive number of minutes"),
+        ("save_freq", args.save_freq >= 0, ">= 0 (0 keeps no per-epoch copies)"),
     )
     for flag, ok, expected in checks:
         if not ok:

@@ -178,8 +178,9 @@ def log_summary(task, output_dir):
 
 
 def end_of_epoch(task, model, optimizer, scaler, test_loader, device, args, writer, epoch, global_step, best):
-    """Evaluate, log val/* scalars, save ckpt.pth.tar and, when best, ckpt.best.pth.tar. Nothing is
-    written when the weights or the evaluation are not finite (the task's evaluation checks its own)."""
+    """Evaluate, log val/* scalars, save ckpt.pth.tar and, when best, ckpt.best.pth.tar; with
+    --save_freq n a copy ckpt_epoch_<e>.pth.tar every n epochs and at the last. Nothing is written
+    when the weights or the evaluation are not finite (the task's evaluation checks its own)."""
     check_finite_weights(model, epoch)
     metrics = task.evaluate(model, test_loader, device, args, epoch)
     for name, value in task.tensorboard_metrics(metrics).items():
@@ -192,6 +193,8 @@ def end_of_epoch(task, model, optimizer, scaler, test_loader, device, args, writ
     save_checkpoint(state, path)
     if is_best:
         copy_checkpoint(path, os.path.join(args.output_dir, "ckpt.best.pth.tar"))
+    if args.save_freq and (epoch % args.save_freq == 0 or epoch == args.epochs - 1):  # X-CLIP's SAVE_FREQ rule
+        copy_checkpoint(path, os.path.join(args.output_dir, f"ckpt_epoch_{epoch}.pth.tar"))
     return best
 
 

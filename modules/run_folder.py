@@ -9,10 +9,10 @@ RUN_FILES = ("ckpt.pth.tar", "ckpt.best.pth.tar", "results.jsonl", "tensorboard"
 
 
 def previous_run_files(output_dir):
-    """The files of an earlier run in `output_dir`, with their SHA-256 sidecars and X-CLIP's
-    per-epoch checkpoints."""
+    """The files of an earlier run in `output_dir`, with their SHA-256 sidecars and the
+    per-epoch copies of --save_freq."""
     found = [name for name in RUN_FILES if os.path.exists(os.path.join(output_dir, name))]
-    extra = glob.glob(os.path.join(output_dir, "*.sha256")) + glob.glob(os.path.join(output_dir, "ckpt_epoch_*.pth"))
+    extra = glob.glob(os.path.join(output_dir, "*.sha256")) + glob.glob(os.path.join(output_dir, "ckpt_epoch_*.pth.tar"))
     return found + sorted(os.path.basename(path) for path in extra)
 
 

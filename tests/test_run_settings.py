@@ -142,3 +142,25 @@ def test_features_and_weights_out(trained, tmp_path):
                                                                          "--resume", str(small)])
     np.testing.assert_allclose(np.load(tmp_path / "eval_small" / "sim_matrix.npy"),
                                np.load(tmp_path / "eval" / "sim_matrix.npy"), atol=5e-2)
+
+
+def test_save_freq_keeps_per_epoch_copies_by_xclips_rule(trained, tmp_path):
+    """--save_freq n: a verified copy ckpt_epoch_<e>.pth.tar when e % n == 0 and at the last epoch
+    (X-CLIP's SAVE_FREQ); such copies mark the folder as a run's."""
+    root, msvd = trained
+    out = tmp_path / "run"
+    main_module.main(train_flags(root, msvd, out, "--batch_size", "2", "--epochs", "4", "--save_freq", "2"))
+    kept = sorted(name for name in os.listdir(out) if name.startswith("ckpt_epoch_"))
+    assert kept == ["ckpt_epoch_0.pth.tar", "ckpt_epoch_0.pth.tar.sha256", "ckpt_epoch_2.pth.tar",
+                    "ckpt_epoch_2.pth.tar.sha256", "ckpt_epoch_3.pth.tar", "ckpt_epoch_3.pth.tar.sha256"]
+    assert read_checkpoint(str(out / "ckpt_epoch_2.pth.tar"))["epoch"] == 3  # the next epoch to run, as ckpt.pth.tar
+    assert (out / "ckpt_epoch_3.pth.tar").read_bytes() == (out / "ckpt.pth.tar").read_bytes()
+
+
+def test_save_freq_defaults_none_for_retrieval_every_epoch_for_recognition(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        params.get_args(["--output_dir", str(tmp_path), "--save_freq", "-1"])
+    assert "--save_freq must be >= 0" in capsys.readouterr().err
+    assert params.get_args(["--output_dir", str(tmp_path)]).save_freq == 0
+    assert params.get_args(["--output_dir", str(tmp_path), "--task_type", "recognition", "--val_list", "v.txt",
+                            "--labels_csv", "l.csv", "--do_train", "0", "--do_eval", "1"]).save_freq == 1
