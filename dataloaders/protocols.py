@@ -138,8 +138,8 @@ def write_zero_shot_splits(*, labels_csv, seen_labels_csv, list_path, out_dir, n
                            split_size=160, seed=0):
     """Kinetics-600 zero-shot splits: classes of ``labels_csv`` absent (by exact name) from
     ``seen_labels_csv``, ``n_splits`` random choices of ``split_size`` of them
-    (``sample_class_splits``), each written as ``split{i}_labels.csv`` (the chosen classes in
-    ascending original order, ids 0..split_size-1) and ``split{i}_list.txt`` (the lines of
+    (``sample_class_splits``), each written as ``zero_shot_split{i}_labels.csv`` (i = 1, 2, ...; the chosen
+    classes in ascending original order, ids 0..split_size-1) and ``zero_shot_split{i}.txt`` (the lines of
     ``list_path`` whose class is chosen, in list order, relabelled to the split's row).
 
     With the shipped CSVs, 232 K600 names are not K400 names; the paper's 220 also treats 12
@@ -163,8 +163,8 @@ def write_zero_shot_splits(*, labels_csv, seen_labels_csv, list_path, out_dir, n
         kept = [LabelledVideo(v.path, row[v.label]) for v in videos if v.label in row]
         if not kept:
             raise AnnotationError(f"{list_path} has no video of the classes of split {i}")
-        csv_path = os.path.join(out_dir, f"split{i}_labels.csv")
-        split_list = os.path.join(out_dir, f"split{i}_list.txt")
+        csv_path = os.path.join(out_dir, f"zero_shot_split{i + 1}_labels.csv")  # the names xclip_zero_shot.sh reads
+        split_list = os.path.join(out_dir, f"zero_shot_split{i + 1}.txt")
         write_class_names(csv_path, [names[label] for label in classes])
         write_video_list(split_list, kept)
         written.append((csv_path, split_list))

@@ -3,8 +3,9 @@ K400 class, and N random choices of 160 of them, each as a labels CSV and a list
 
     python preprocess/zero_shot_splits.py --list k600/val_list.txt --out k600_zero_shot
 
-writes `split0_labels.csv`, `split0_list.txt`, ... (labels renumbered to each CSV's rows), which
-`main.py --zero_shot_lists ... --zero_shot_labels ...` evaluates. The rule is
+writes `zero_shot_split1.txt`, `zero_shot_split1_labels.csv`, ... (labels renumbered to each CSV's rows),
+which `main.py --zero_shot_lists ... --zero_shot_labels ...` evaluates and `DATASET=k600
+bash scripts/xclip_zero_shot.sh` reads from its `DATA_PATH`. The rule is
 `dataloaders.protocols.write_zero_shot_splits`; by exact name K600 has 232 such classes (the
 paper's 220 also counts 12 renamed K400 classes as seen).
 """
@@ -21,7 +22,7 @@ from dataloaders.video_list import LABEL_CSVS  # noqa: E402
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--list", required=True, help="list file labelled with --labels_csv's indices")
-    parser.add_argument("--out", required=True, help="folder for split<i>_labels.csv and split<i>_list.txt")
+    parser.add_argument("--out", required=True, help="folder for zero_shot_split<i>.txt and zero_shot_split<i>_labels.csv (i = 1..)")
     parser.add_argument("--labels_csv", default=LABEL_CSVS["kinetics600"], help="the classes of --list")
     parser.add_argument("--seen_labels_csv", default=LABEL_CSVS["kinetics400"],
                         help="the classes the model was trained on (excluded by exact name)")

@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from dataloaders.video_list import LABEL_CSVS
 from params import get_args
 from tests.test_params import ROOT
 
@@ -37,7 +38,8 @@ def test_config_sets_the_flags_it_maps(tmp_path, config):
     assert (args.task_type, args.datatype) == ("recognition", "video_list")
     assert (args.features_path, args.train_list, args.val_list) == ("/PATH/TO/videos", "/PATH/TO/train.txt",
                                                                      "/PATH/TO/val.txt")
-    assert args.labels_csv == "labels/kinetics_400_labels.csv" and args.max_frames == 8
+    # The original's labels/kinetics_400_labels.csv is shipped as dataloaders/labels/...
+    assert args.labels_csv == LABEL_CSVS["kinetics400"] and args.max_frames == 8
     assert args.pretrained_clip_name == "ViT-B/32"
     # X-CLIP's batch is per process and micro-batch: not divided by the accumulation steps.
     assert (args.batch_size, args.gradient_accumulation_steps) == (8, 4)
@@ -112,3 +114,11 @@ def test_the_originals_command_line_maps_over(tmp_path, config):
     assert (args.output_dir, args.do_train, args.do_eval, args.resume) == (str(tmp_path), 0, 1, "k400_32_8.pth")
     assert (args.num_clips, args.num_crops, args.batch_size, args.gradient_accumulation_steps) == (4, 3, 4, 2)
     assert args.pretrained_clip_path == "ViT-B-32.pt"
+
+
+def test_an_existing_labels_folder_wins_over_the_shipped_lists(tmp_path, config, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "kinetics_400_labels.csv").write_text("id,name\n0,mine\n")
+    args = get_args(["--output_dir", str(tmp_path), "--config", config, *EVAL])
+    assert args.labels_csv == "labels/kinetics_400_labels.csv"

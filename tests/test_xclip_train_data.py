@@ -389,8 +389,8 @@ def test_zero_shot_split_command_line(tmp_path, capsys):
                                     "--splits", "2", "--classes", "5", "--seed", "9"])
     assert capsys.readouterr().out.startswith("232 classes of ")
     assert [len(read_class_names(csv_path)) for csv_path, _ in result["splits"]] == [5, 5]
-    assert sorted(os.listdir(tmp_path / "out")) == ["split0_labels.csv", "split0_list.txt",
-                                                    "split1_labels.csv", "split1_list.txt"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["zero_shot_split1.txt", "zero_shot_split1_labels.csv",
+                                                    "zero_shot_split2.txt", "zero_shot_split2_labels.csv"]
     with pytest.raises(SystemExit):
         zero_shot_splits.main(["--list", str(list_path), "--out", str(tmp_path / "x"), "--classes", "300"])
     assert "cannot draw 300 classes" in capsys.readouterr().err

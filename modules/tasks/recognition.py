@@ -36,7 +36,8 @@ class RecognitionTask:
         pairs = (zero_shot_pairs(args.zero_shot_lists, args.zero_shot_labels) if args.zero_shot_lists
                  else [(args.val_list, args.labels_csv)])
         self.suites = [(path, csv, tokenize_class_names(read_class_names(csv))) for path, csv in pairs]
-        self.class_names = read_class_names(args.labels_csv) if args.labels_csv else None
+        # The training classes (an eval-only zero-shot run reads only its own lists' CSVs).
+        self.class_names = read_class_names(args.labels_csv) if args.do_train else None
         self.accumulation, self.train_text_ids = args.gradient_accumulation_steps, None
         # Built at start-up, so a bad --mixup / --cutmix / --label_smooth fails before anything runs.
         self.loss = recognition_loss(len(self.class_names), mixup=args.mixup, cutmix=args.cutmix,

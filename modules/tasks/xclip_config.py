@@ -12,6 +12,8 @@ import os
 
 import yaml
 
+from dataloaders.video_list import LABELS_DIR
+
 # Every key of the original's configuration, with its default.
 XCLIP_DEFAULTS = {
     "BASE": [""],
@@ -136,11 +138,20 @@ def flag_defaults(config):
             if value not in PRECISION_OF_OPT_LEVEL:
                 raise ConfigError(f"TRAIN.OPT_LEVEL must be one of {', '.join(PRECISION_OF_OPT_LEVEL)}, got {value!r}")
             value = PRECISION_OF_OPT_LEVEL[value]
-        defaults[dest] = value
+        defaults[dest] = shipped_label_list(value) if key == "DATA.LABEL_LIST" else value
     if flat["TEST.ONLY_TEST"]:
         defaults.update(do_train=0, do_eval=1)
     defaults["xclip_config"] = flat
     return defaults
+
+
+def shipped_label_list(path):
+    """The original's `labels/<name>.csv` (relative to its repository) is shipped here as
+    dataloaders/labels/<name>.csv: that file, unless `path` exists as written."""
+    shipped = os.path.join(LABELS_DIR, os.path.basename(path))
+    if os.path.dirname(path) == "labels" and not os.path.exists(path) and os.path.isfile(shipped):
+        return shipped
+    return path
 
 
 def unused_keys(flat):
