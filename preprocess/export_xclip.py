@@ -99,6 +99,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser, args = parse_args(argv)
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         export(args.checkpoint, args.out, micro_batches_per_epoch=args.micro_batches_per_epoch,
                unsafe=bool(args.unsafe_load_checkpoint))
     except (ValueError, FileNotFoundError) as err:

@@ -276,7 +276,7 @@ def training_checkpoint(tmp_path):
 
 def test_export_writes_the_released_format_and_loads_back(tmp_path):
     model, schedule, video, text_ids = training_checkpoint(tmp_path)
-    out = str(tmp_path / "released.pth")
+    out = str(tmp_path / "zoo" / "released.pth")  # the folder is made
     assert export_xclip.main(["--checkpoint", str(tmp_path / "ckpt.pth.tar"), "--out", out,
                               "--micro_batches_per_epoch", "10"]) == 0
     released = read_checkpoint(out)  # safe load, verified against the .sha256 sidecar
