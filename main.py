@@ -86,6 +86,9 @@ def main(argv=None):
     with logging_redirect_tqdm():  # log lines go above the progress bars, not through them
         for note in notes:
             logger.info(note)
+        if args.precision == "amp" and device.type == "cpu":
+            logger.warning("--precision amp on the CPU is bfloat16 autocast, many times slower than fp32 on CPUs "
+                           "without bfloat16 units; --precision fp32 gives fp32 numbers at full speed")
         run(args, device)
     if du.is_distributed():
         dist.destroy_process_group()

@@ -12,7 +12,8 @@ def previous_run_files(output_dir):
     """The files of an earlier run in `output_dir`, with their SHA-256 sidecars and the
     per-epoch copies of --save_freq."""
     found = [name for name in RUN_FILES if os.path.exists(os.path.join(output_dir, name))]
-    extra = glob.glob(os.path.join(output_dir, "*.sha256")) + glob.glob(os.path.join(output_dir, "ckpt_epoch_*.pth.tar"))
+    extra = glob.glob(os.path.join(output_dir, "*.sha256"))
+    extra += glob.glob(os.path.join(output_dir, "ckpt_epoch_*.pth.tar"))
     return found + sorted(os.path.basename(path) for path in extra)
 
 

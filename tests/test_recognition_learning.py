@@ -66,3 +66,6 @@ def test_two_process_amp_accumulation_steps_follow_fp32(tmp_path):
     differences = [abs(a - b) for a, b in zip(losses_amp, losses_fp32)]
     assert 0 < max(differences) < 0.05, differences
     assert abs(amp[0]["top5"] - fp32[0]["top5"]) <= 10  # at most 2 of 20 videos change rank
+    warning = "--precision amp on the CPU is bfloat16 autocast"
+    assert warning in (tmp_path / "amp" / "log.txt").read_text()
+    assert warning not in (tmp_path / "fp32" / "log.txt").read_text()

@@ -153,7 +153,8 @@ def test_save_freq_keeps_per_epoch_copies_by_xclips_rule(trained, tmp_path):
     kept = sorted(name for name in os.listdir(out) if name.startswith("ckpt_epoch_"))
     assert kept == ["ckpt_epoch_0.pth.tar", "ckpt_epoch_0.pth.tar.sha256", "ckpt_epoch_2.pth.tar",
                     "ckpt_epoch_2.pth.tar.sha256", "ckpt_epoch_3.pth.tar", "ckpt_epoch_3.pth.tar.sha256"]
-    assert read_checkpoint(str(out / "ckpt_epoch_2.pth.tar"))["epoch"] == 3  # the next epoch to run, as ckpt.pth.tar
+    # each holds the next epoch to run, as ckpt.pth.tar does
+    assert read_checkpoint(str(out / "ckpt_epoch_2.pth.tar"))["epoch"] == 3
     assert (out / "ckpt_epoch_3.pth.tar").read_bytes() == (out / "ckpt.pth.tar").read_bytes()
 
 
@@ -162,5 +163,6 @@ def test_save_freq_defaults_none_for_retrieval_every_epoch_for_recognition(tmp_p
         params.get_args(["--output_dir", str(tmp_path), "--save_freq", "-1"])
     assert "--save_freq must be >= 0" in capsys.readouterr().err
     assert params.get_args(["--output_dir", str(tmp_path)]).save_freq == 0
-    assert params.get_args(["--output_dir", str(tmp_path), "--task_type", "recognition", "--val_list", "v.txt",
-                            "--labels_csv", "l.csv", "--do_train", "0", "--do_eval", "1"]).save_freq == 1
+    recognition = ["--task_type", "recognition", "--val_list", "v.txt", "--labels_csv", "l.csv", "--do_train", "0",
+                   "--do_eval", "1"]
+    assert params.get_args(["--output_dir", str(tmp_path), *recognition]).save_freq == 1
