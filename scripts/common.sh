@@ -132,8 +132,7 @@ run_torchrun() {
     local command=("${launcher[@]}" --nnodes "$NNODES" --nproc_per_node "$NPROC" --node_rank "$NODE_RANK"
         --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" "$REPO_ROOT/main.py" "$@")
     if [[ ${DRY_RUN:-0} == 1 ]]; then
-        printf '%q ' "${command[@]}"
-        echo
+        print_command "${command[@]}"
         return 0
     fi
     local log=$output_dir/launcher.log

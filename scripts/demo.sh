@@ -24,14 +24,10 @@ command=("${PYTHON:-.venv/bin/python}" main.py --datatype demo --data_dir "$DATA
   "$@")
 
 if [[ ${DRY_RUN:-0} == 1 ]]; then
-  printf '%q ' "${command[@]}"
-  echo
+  print_command "${command[@]}"
   exit 0
 fi
-if [[ -z ${PYTHON:-} ]]; then
-  [[ -x .venv/bin/python ]] || python3 -m venv .venv
-  .venv/bin/python -m pip install --quiet -r requirements.txt
-fi
+install_requirements
 run_logged "$OUTPUT_DIR/launcher.log" "${command[@]}"
 echo "test split (80 videos, chance R@1 = 1.25%):"
 grep -E "(last|best) epoch" "$OUTPUT_DIR/log.txt" | tail -n 2 | sed 's/.*centerclip: //'

@@ -47,18 +47,11 @@ zero_shot=("$python" main.py --task_type recognition --datatype video_list --zer
   --batch_size_val 20 --num_thread_reader "$NUM_WORKERS")
 
 if [[ ${DRY_RUN:-0} == 1 ]]; then
-  printf '%q ' "${command[@]}"
-  echo
-  if [[ $ZERO_SHOT == 1 ]]; then
-    printf '%q ' "${zero_shot[@]}"
-    echo
-  fi
+  print_command "${command[@]}"
+  if [[ $ZERO_SHOT == 1 ]]; then print_command "${zero_shot[@]}"; fi
   exit 0
 fi
-if [[ -z ${PYTHON:-} ]]; then
-  [[ -x .venv/bin/python ]] || python3 -m venv .venv
-  .venv/bin/python -m pip install --quiet -r requirements.txt
-fi
+install_requirements
 "$python" -m dataloaders.demo_recognition --data_dir "$DATA_DIR" >/dev/null
 run_logged "$OUTPUT_DIR/launcher.log" "${command[@]}"
 echo "validation ($about):"

@@ -17,6 +17,20 @@ project_python() {
     fi
 }
 
+# print_command WORD...: the command on one line, quoted for the shell (what DRY_RUN=1 shows).
+print_command() {
+    printf '%q ' "$@"
+    echo
+}
+
+# install_requirements: for the demos on a fresh machine, unless PYTHON is set: make .venv if
+# absent and install requirements.txt into it.
+install_requirements() {
+    [[ -z ${PYTHON:-} ]] || return 0
+    [[ -x $REPO_ROOT/.venv/bin/python ]] || python3 -m venv "$REPO_ROOT/.venv"
+    "$REPO_ROOT/.venv/bin/python" -m pip install --quiet -r "$REPO_ROOT/requirements.txt"
+}
+
 # run_logged LOG COMMAND...
 # Runs COMMAND with its output (stdout and stderr) on the terminal and appended to LOG, after a
 # line with the date and the command. Returns COMMAND's exit status; a failure is also reported

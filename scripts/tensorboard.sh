@@ -18,8 +18,7 @@ HOST=${HOST:-127.0.0.1}
 
 command=("$(project_python)" -m tensorboard.main --logdir "$LOGDIR" --port "$PORT" --host "$HOST")
 if [[ ${DRY_RUN:-0} == 1 ]]; then
-    printf '%q ' "${command[@]}"
-    echo
+    print_command "${command[@]}"
     exit 0
 fi
 exec "${command[@]}"

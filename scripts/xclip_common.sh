@@ -80,6 +80,20 @@ kinetics_preset() {
     fi
 }
 
+# launch_kinetics DATASET RECIPES RELEASED [user flags...]: xclip_k400.sh and xclip_k600.sh. The data
+# under DATA_PATH (default $DATA_ROOT/DATASET): FEATURES_PATH videos/, TRAIN_LIST train.txt, VAL_LIST
+# val.txt; the shipped class names; the PRESET of kinetics_preset.
+launch_kinetics() {
+    local dataset=$1 recipes=$2 released=$3
+    shift 3
+    DATA_PATH=${DATA_PATH:-$DATA_ROOT/$dataset}
+    FEATURES_PATH=${FEATURES_PATH:-$DATA_PATH/videos}
+    TRAIN_LIST=${TRAIN_LIST:-$DATA_PATH/train.txt}
+    VAL_LIST=${VAL_LIST:-$DATA_PATH/val.txt}
+    kinetics_preset "$dataset" "$recipes" "$released"
+    launch_xclip "$(shipped_labels "$dataset")" "$@"
+}
+
 # split_batch: TOTAL_BATCH per optimizer step = NPROC*NNODES processes x batch x accumulation, with
 # batch the largest divisor of the per-process share that is at most BATCH_PER_PROCESS.
 split_batch() {

@@ -22,10 +22,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/xclip_common.sh"
 
-DATA_PATH=${DATA_PATH:-$DATA_ROOT/k400}
-FEATURES_PATH=${FEATURES_PATH:-$DATA_PATH/videos}
-TRAIN_LIST=${TRAIN_LIST:-$DATA_PATH/train.txt}
-VAL_LIST=${VAL_LIST:-$DATA_PATH/val.txt}
-
-kinetics_preset k400 "32_8 32_16 16_8 16_16 16_32 14_8 14_16_336" "32_8 32_16 16_8 16_16 14_8 14_16_336"
-launch_xclip "$(shipped_labels k400)" "$@"
+launch_kinetics k400 "32_8 32_16 16_8 16_16 16_32 14_8 14_16_336" "32_8 32_16 16_8 16_16 14_8 14_16_336" "$@"

@@ -19,10 +19,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/xclip_common.sh"
 
-DATA_PATH=${DATA_PATH:-$DATA_ROOT/k600}
-FEATURES_PATH=${FEATURES_PATH:-$DATA_PATH/videos}
-TRAIN_LIST=${TRAIN_LIST:-$DATA_PATH/train.txt}
-VAL_LIST=${VAL_LIST:-$DATA_PATH/val.txt}
-
-kinetics_preset k600 "16_8 16_16 14_8" "16_8 16_16 14_8"
-launch_xclip "$(shipped_labels k600)" "$@"
+launch_kinetics k600 "16_8 16_16 14_8" "16_8 16_16 14_8" "$@"
