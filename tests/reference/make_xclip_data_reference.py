@@ -92,14 +92,21 @@ def sha256(array):
     return hashlib.sha256(data.tobytes()).hexdigest()
 
 
-def run_setting(build, defaults, num_clips, num_crops):
-    """Per video: (frame count, indices, views float32 [V, T, 3, S, S]) from the original."""
+def tiny_videos_config(defaults, frames, size):
+    """The original's config (unfrozen copy of `defaults`) reading the committed tiny videos, with
+    val_list.txt as both lists, T = frames and S = size."""
     config = defaults.clone()
     config.defrost()
     config.DATA.ROOT = HERE
     config.DATA.TRAIN_FILE = config.DATA.VAL_FILE = os.path.join(HERE, "val_list.txt")
     config.DATA.LABEL_LIST = os.path.join(HERE, "labels.csv")
-    config.DATA.NUM_CLASSES, config.DATA.NUM_FRAMES, config.DATA.INPUT_SIZE = 6, FRAMES, SIZE
+    config.DATA.NUM_CLASSES, config.DATA.NUM_FRAMES, config.DATA.INPUT_SIZE = 6, frames, size
+    return config
+
+
+def run_setting(build, defaults, num_clips, num_crops):
+    """Per video: (frame count, indices, views float32 [V, T, 3, S, S]) from the original."""
+    config = tiny_videos_config(defaults, FRAMES, SIZE)
     config.TEST.NUM_CLIP, config.TEST.NUM_CROP = num_clips, num_crops
     config.freeze()
     _, val_data, _, _ = build.build_dataloader(logging.getLogger("reference"), config)

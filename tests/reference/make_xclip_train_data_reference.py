@@ -41,7 +41,7 @@ import torch
 import torchvision
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_xclip_data_reference import HERE, import_original, sha256, versions  # noqa: E402
+from make_xclip_data_reference import HERE, import_original, sha256, tiny_videos_config, versions  # noqa: E402
 
 SIZE, FRAMES = 224, 8
 SETTINGS = {"plain": (0.0, 0.0), "jitter": (1.0, 0.0), "gray": (0.0, 1.0), "both": (1.0, 1.0),
@@ -104,12 +104,7 @@ def instrument(pipeline, record, jitter, gray):
 
 def run_setting(build, defaults, jitter, gray):
     """Entries (record, output float32 [T, 3, S, S]) for every video and repeat."""
-    config = defaults.clone()
-    config.defrost()
-    config.DATA.ROOT = HERE
-    config.DATA.TRAIN_FILE = config.DATA.VAL_FILE = os.path.join(HERE, "val_list.txt")
-    config.DATA.LABEL_LIST = os.path.join(HERE, "labels.csv")
-    config.DATA.NUM_CLASSES, config.DATA.NUM_FRAMES, config.DATA.INPUT_SIZE = 6, FRAMES, SIZE
+    config = tiny_videos_config(defaults, FRAMES, SIZE)
     config.AUG.COLOR_JITTER, config.AUG.GRAY_SCALE = jitter, gray
     config.freeze()
     train_data, _, _, _ = build.build_dataloader(logging.getLogger("reference"), config)
