@@ -20,10 +20,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def logged_losses(out):
+def logged_losses(out, tag="train/sim_loss"):
+    """The values TensorBoard holds for `tag` in run folder `out`, in step order."""
     events = EventAccumulator(os.path.join(out, "tensorboard"))
     events.Reload()
-    return [e.value for e in events.Scalars("train/sim_loss")]
+    return [e.value for e in events.Scalars(tag)]
 
 
 def test_two_process_gloo_run_matches_single_process(tmp_path):

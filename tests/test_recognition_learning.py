@@ -9,10 +9,8 @@ import os
 import subprocess
 import sys
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from dataloaders import demo_recognition
-from tests.test_distributed import ROOT, free_port
+from tests.test_distributed import ROOT, free_port, logged_losses
 
 CHANCE_TOP1, CHANCE_TOP5 = 100 / 20, 5 * 100 / 20
 
@@ -47,12 +45,6 @@ def test_two_process_accumulation_run_learns_the_demo(tmp_path):
     assert results[-1]["top1"] >= 4 * CHANCE_TOP1 and results[-1]["top5"] >= 3 * CHANCE_TOP5  # ... (32.5, 92.5)
 
 
-def logged_losses(out):
-    events = EventAccumulator(str(out / "tensorboard"))
-    events.Reload()
-    return [e.value for e in events.Scalars("train/loss")]
-
-
 def test_two_process_amp_accumulation_steps_follow_fp32(tmp_path):
     """amp runs the forward in bfloat16 (the losses differ from fp32's) and trains the same model
     (they differ by bfloat16's rounding only)."""
@@ -61,7 +53,7 @@ def test_two_process_amp_accumulation_steps_follow_fp32(tmp_path):
     short = ("--max_frames", "2", "--epochs", "1", "--batch_size", "2", "--gradient_accumulation_steps", "2")
     fp32 = torchrun_recognition(root, tmp_path / "fp32", "--precision", "fp32", *short)
     amp = torchrun_recognition(root, tmp_path / "amp", "--precision", "amp", *short)
-    losses_fp32, losses_amp = logged_losses(tmp_path / "fp32"), logged_losses(tmp_path / "amp")
+    losses_fp32, losses_amp = (logged_losses(tmp_path / run, "train/loss") for run in ("fp32", "amp"))
     assert len(losses_amp) == len(losses_fp32) == 5  # 20 videos per process: 10 micro-batches, 5 steps
     differences = [abs(a - b) for a, b in zip(losses_amp, losses_fp32)]
     assert 0 < max(differences) < 0.05, differences
