@@ -11,7 +11,9 @@ import sys
 import time
 
 from dataloaders import DATALOADERS, RECOGNITION_EVAL_LOADERS
-from modules.clip import LINEAR_PATCHES, MODEL_CONFIGS
+from modules.checkpoint import read_checkpoint_field
+from modules.clip import LINEAR_PATCHES, MODEL_CONFIGS, saved_clip_config
+from modules.clip_sources import describe_pretrained_clip, is_converted_name
 from modules.cluster.distance import DISTANCES
 from modules.cluster.schedule import ALGORITHMS
 from modules.cluster.spectral import GRAPHS
@@ -20,7 +22,7 @@ from modules.optim import NEW_ADDED_MODULES, OPTIMIZERS
 from modules.precision import PRECISIONS
 from modules.retrieval import SIM_HEADERS
 from modules.tasks import TASK_TYPES
-from modules.run_settings import adopt_checkpoint_flags, config_defaults, explicit_dests, pre_parse
+from modules.run_settings import adopt_checkpoint_flags, checkpoint_source, config_defaults, explicit_dests, pre_parse
 
 # --task_type -> its --datatype names.
 DATATYPES = {"retrieval": tuple(DATALOADERS), "recognition": tuple(RECOGNITION_EVAL_LOADERS)}
@@ -94,13 +96,15 @@ def add_optim_args(parser):
 
 def add_model_args(parser):
     parser.add_argument("--pretrained_clip_name", type=str, default="ViT-B/32",
-                        help=f"CLIP weights, one of {', '.join(MODEL_CONFIGS)}")
+                        help=f"CLIP weights: one of {', '.join(MODEL_CONFIGS)} (OpenAI's), "
+                             "open_clip:MODEL/TAG, open_clip:local-dir:FOLDER, hf:ORG/NAME or hf:FOLDER")
     parser.add_argument("--pretrained", dest="pretrained_clip_path", type=optional_str, default=None,
                         help="a CLIP weights file to use instead of <pretrained_dir>/<name>.pt (X-CLIP's flag)")
     parser.add_argument("--pretrained_dir", type=str, default=os.path.expanduser("~/models/pretrained"),
                         help="folder holding ViT-B-32.pt etc.")
     parser.add_argument("--download_clip", type=int, default=0,
-                        help="download missing CLIP weights into --pretrained_dir (SHA-256 checked)")
+                        help="download missing CLIP weights: OpenAI's into --pretrained_dir (SHA-256 checked), "
+                             "open_clip / Hugging Face ones into the libraries' caches")
     parser.add_argument("--sim_header", type=str, default="meanP", choices=SIM_HEADERS, help="similarity head")
     parser.add_argument("--cross_num_hidden_layers", type=int, default=4, help="blocks of the seqTransf head")
     parser.add_argument("--text_num_hidden_layers", type=int, default=12, help="unused (CLIP4Clip legacy)")
@@ -240,10 +244,26 @@ def build_parser():
     return parser
 
 
+def clip_architecture(args):
+    """The CLIPConfig of --pretrained_clip_name for the start-up checks: OpenAI's sizes, or those of
+    the open_clip / Hugging Face config (read without the weights), or, when that config is not on
+    this machine, the `clip_config` saved in the checkpoint the run loads."""
+    if not is_converted_name(args.pretrained_clip_name):
+        return MODEL_CONFIGS[args.pretrained_clip_name]
+    try:
+        return describe_pretrained_clip(args.pretrained_clip_name, download=bool(args.download_clip))
+    except (FileNotFoundError, ImportError):
+        source = checkpoint_source(args)
+        saved = saved_clip_config({"clip_config": read_checkpoint_field(source, "clip_config")}) if source else None
+        if saved is None:
+            raise
+        return saved
+
+
 def check_schedule(args):
     """The clustering schedule: one entry per vision block of the chosen CLIP, and everything
     `build_cluster_specs` checks (frames that divide, K within the tokens available, ...)."""
-    config = MODEL_CONFIGS[args.pretrained_clip_name]
+    config = clip_architecture(args)
     num_blocks = config.vision_layers
     if args.cluster_num_blocks is None:
         raise ValueError("--cluster_inter 1 needs --cluster_num_blocks (tokens per segment for each of the "
@@ -282,7 +302,7 @@ def check_ranges(args):
     for flag, ok, expected in checks:
         if not ok:
             raise ValueError(f"--{flag} must be {expected}, got {getattr(args, flag)}")
-    context_length = MODEL_CONFIGS[args.pretrained_clip_name].context_length
+    context_length = clip_architecture(args).context_length
     if not 2 <= args.max_words <= context_length:
         raise ValueError(f"--max_words {args.max_words}: needs room for the start and end tokens (>= 2) and at "
                          f"most CLIP's context length ({context_length})")
@@ -297,9 +317,10 @@ def check_args(args):
     if args.datatype not in datatypes:
         raise ValueError(f"--datatype {args.datatype} is not a {args.task_type} dataset; choose one of "
                          f"{', '.join(datatypes)}")
-    if args.pretrained_clip_name not in MODEL_CONFIGS:
+    if args.pretrained_clip_name not in MODEL_CONFIGS and not is_converted_name(args.pretrained_clip_name):
         raise ValueError(f"--pretrained_clip_name {args.pretrained_clip_name} is unknown; choose one of "
-                         f"{', '.join(MODEL_CONFIGS)}")
+                         f"{', '.join(MODEL_CONFIGS)}, open_clip:MODEL/TAG, open_clip:local-dir:FOLDER or "
+                         "hf:ORG/NAME / hf:FOLDER")
     if args.deep_cluster:
         raise ValueError("--deep_cluster 1 selects an unpublished experiment of the original that is not "
                          "implemented; use --cluster_inter 1 with --cluster_algo instead")

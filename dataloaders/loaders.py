@@ -3,15 +3,18 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from .transforms import CLIP_MEAN, CLIP_STD
 from .video_reader import VideoReader
 
 
 def make_reader(args, train):
     """The clip reader of a split: ``--max_frames`` frames, TSN sampling when ``train``, square
-    frames of the model's input size ``args.image_resolution`` (set from the built CLIP; 224, the
-    released models' size, when absent)."""
+    frames of the model's input size ``args.image_resolution`` normalised with its statistics
+    ``args.image_mean`` / ``args.image_std`` (set from the built CLIP; 224 pixels and OpenAI's
+    statistics, the released models', when absent)."""
     image_size = getattr(args, "image_resolution", None) or 224
-    return VideoReader(args.max_frames, train, lmdb_path=args.lmdb_dataset, image_size=image_size)
+    mean, std = getattr(args, "image_mean", None) or CLIP_MEAN, getattr(args, "image_std", None) or CLIP_STD
+    return VideoReader(args.max_frames, train, lmdb_path=args.lmdb_dataset, image_size=image_size, mean=mean, std=std)
 
 
 def make_train_loader(dataset, args):

@@ -4,8 +4,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from modules.clip import OPENAI_IMAGE_MEAN as CLIP_MEAN
+from modules.clip import OPENAI_IMAGE_STD as CLIP_STD
 
 
 def center_crop_offsets(height, width, size):
@@ -57,13 +57,13 @@ def crop_frame(frame, size):
     return torch.cat(channels)
 
 
-def normalise_crops(crops):
-    """uint8 tensor [T, 3, S, S] -> float32 [T, 3, S, S]: scaled to [0, 1] and normalised with
-    CLIP's statistics."""
+def normalise_crops(crops, mean=CLIP_MEAN, std=CLIP_STD):
+    """uint8 tensor [T, 3, S, S] -> float32 [T, 3, S, S]: scaled to [0, 1] and normalised with the
+    RGB statistics the model was trained with (OpenAI CLIP's by default)."""
     # Every step is element-wise, so it commutes with the crop done before.
     x = crops.float().div_(255.0)
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(-1, 1, 1)
+    mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
     return x.sub_(mean).div_(std).contiguous()
 
 

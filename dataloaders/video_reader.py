@@ -16,7 +16,7 @@ import torch
 
 from .decode import VideoDecodeError, decode_clip
 from .sampling import sample_indices, valid_length
-from .transforms import crop_frame, normalise_crops
+from .transforms import CLIP_MEAN, CLIP_STD, crop_frame, normalise_crops
 
 logger = logging.getLogger(__name__)
 
@@ -139,14 +139,16 @@ class VideoReader:
         image_size: side of the square output frames.
         thread_type: FFmpeg decoding threads, see ``decode.read_frames``.
         seek: decode only the groups of pictures that hold sampled frames.
+        mean, std: RGB statistics of the normalisation (the model's, OpenAI CLIP's by default).
     """
 
     def __init__(self, max_frames, train, lmdb_path=None, image_size=224, thread_type="SLICE",
-                 seek=True):
+                 seek=True, mean=CLIP_MEAN, std=CLIP_STD):
         self.max_frames = max_frames
         self.train = train
         self.lmdb = LmdbVideos(lmdb_path) if lmdb_path else None
         self.image_size = image_size
+        self.mean, self.std = tuple(mean), tuple(std)
         self.thread_type = thread_type
         self.seek = seek
         self._reported = set()
@@ -168,7 +170,7 @@ class VideoReader:
         if decoded is None:
             return video, mask
         crops, num_frames = decoded
-        video[0] = normalise_crops(torch.stack(crops))
+        video[0] = normalise_crops(torch.stack(crops), self.mean, self.std)
         mask[0, :valid_length(num_frames, self.max_frames)] = 1
         return video, mask
 

@@ -10,6 +10,7 @@ builds only tensors and plain containers, plus an allow-list of the foreign obje
 checkpoints hold (`SAFE_GLOBALS`). Full unpickling needs the caller's explicit `unsafe=True`.
 """
 import collections
+import dataclasses
 import logging
 import os
 import pickle
@@ -157,17 +158,23 @@ def read_checkpoint(path, unsafe=False):
     return _load(path, unsafe)
 
 
-def read_hparams(path):
-    """The `hparams` a checkpoint of this project carries (None for other files, or when the file
-    cannot be read: the full load at model building reports that). Memory-maps the file, so only
-    the small pickle is read, and skips the SHA-256 check, which that full load does."""
+def read_checkpoint_field(path, field):
+    """One small dict entry of a checkpoint of this project (`hparams`, `clip_config`), or None for
+    other files, or when the file cannot be read: the full load at model building reports that.
+    Memory-maps the file, so only the small pickle is read, and skips the SHA-256 check, which that
+    full load does."""
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
         return None
-    hparams = checkpoint.get("hparams") if isinstance(checkpoint, dict) else None
-    return hparams if isinstance(hparams, dict) else None
+    value = checkpoint.get(field) if isinstance(checkpoint, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+def read_hparams(path):
+    """The `hparams` a checkpoint of this project carries (see `read_checkpoint_field`)."""
+    return read_checkpoint_field(path, "hparams")
 
 
 def save_checkpoint(state, path):
@@ -176,12 +183,19 @@ def save_checkpoint(state, path):
     return write_verified(path, lambda tmp: torch.save(state, tmp))
 
 
+def clip_config_dict(model):
+    """The CLIPConfig of a model (retrieval: `model.clip.config`; X-CLIP: `model.config`) as a dict of
+    plain values, saved as a checkpoint's `clip_config` so converted weights rebuild exactly
+    (activation, heads, image statistics) without their source."""
+    return dataclasses.asdict(getattr(model, "clip", model).config)
+
+
 def export_weights(model, path, half=False, **fields):
     """A weights-only file `{"state_dict", **fields}` (no optimizer state: a ViT-B/32 checkpoint with
     AdamW's moments is ~1.8 GB, its weights ~0.6 GB, half that in fp16), written as `save_checkpoint`.
     It loads with --resume (for evaluation) and --init_model."""
     state = {k: v.half() if half and v.is_floating_point() else v for k, v in model.state_dict().items()}
-    return save_checkpoint({"state_dict": state, **fields}, path)
+    return save_checkpoint({"state_dict": state, "clip_config": clip_config_dict(model), **fields}, path)
 
 
 def copy_checkpoint(source, destination):

@@ -1,8 +1,10 @@
 """CLIP's image and text towers in OpenAI's state-dict key layout, built from a state dict.
 
 Every size is inferred from the weights (`config_from_state_dict`), so ViT-B/32, ViT-B/16,
-ViT-L/14 and tiny test models (width 64, one head) build the same way. Tensors inside the
-towers are batch-first: `[rows, tokens, width]`.
+ViT-L/14 and tiny test models (width 64, one head) build the same way. What the weights cannot
+tell (the MLP's activation, a head count other than width/64, the image statistics the model was
+trained with) comes with the weights of other CLIPs (`modules/clip_sources.py`) in a CLIPConfig.
+Tensors inside the towers are batch-first: `[rows, tokens, width]`.
 
 Each residual block has an optional `tokencluster_inter` module (None by default): the image
 tower's token-clustering hook. The block calls it on its input before attention and calls its
@@ -15,12 +17,16 @@ import os
 import urllib.request
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+
+
+OPENAI_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the RGB statistics OpenAI's CLIPs were trained with
+OPENAI_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -36,10 +42,17 @@ class CLIPConfig:
     transformer_heads: int
     transformer_layers: int
     linear_patch: str = "2d"  # "3d": 3-D patches over 3 frames (`visual.conv2`), --linear_patch
+    vision_heads: int | None = None  # None: width / 64, as every OpenAI CLIP
+    activation: str = "quick_gelu"  # the MLPs' activation: OpenAI's QuickGELU, or "gelu" (many open_clip models)
+    image_mean: tuple = OPENAI_IMAGE_MEAN  # RGB statistics the frames are normalised with
+    image_std: tuple = OPENAI_IMAGE_STD
 
-    @property
-    def vision_heads(self):
-        return self.vision_width // 64 or 1
+    def __post_init__(self):
+        if self.vision_heads is None:
+            self.vision_heads = self.vision_width // 64 or 1
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"CLIP activation {self.activation!r} is unknown; one of {', '.join(ACTIVATIONS)}")
+        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
 
 
 def config_from_state_dict(state_dict):
@@ -66,6 +79,16 @@ def config_from_state_dict(state_dict):
     )
 
 
+def saved_clip_config(checkpoint):
+    """The CLIPConfig a checkpoint of this project saved (`clip_config`, a dict of its fields), or
+    None for checkpoints without one (OpenAI-convention weights, whose sizes the keys give)."""
+    saved = checkpoint.get("clip_config") if isinstance(checkpoint, dict) else None
+    if not isinstance(saved, dict):
+        return None
+    names = {f.name for f in fields(CLIPConfig)}
+    return CLIPConfig(**{k: v for k, v in saved.items() if k in names})
+
+
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32 and cast back, so fp16 weights stay stable."""
 
@@ -77,6 +100,9 @@ class LayerNorm(nn.LayerNorm):
 class QuickGELU(nn.Module):
     def forward(self, x):
         return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}  # CLIPConfig.activation -> module (erf GELU)
 
 
 class Attention(nn.Module):
@@ -102,13 +128,13 @@ class Attention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width, heads):
+    def __init__(self, width, heads, activation="quick_gelu"):
         super().__init__()
         self.attn = Attention(width, heads)
         self.ln_1 = LayerNorm(width)
         self.mlp = nn.Sequential(OrderedDict([
             ("c_fc", nn.Linear(width, width * 4)),
-            ("gelu", QuickGELU()),
+            ("gelu", ACTIVATIONS[activation]()),
             ("c_proj", nn.Linear(width * 4, width)),
         ]))
         self.ln_2 = LayerNorm(width)
@@ -136,11 +162,11 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width, layers, heads):
+    def __init__(self, width, layers, heads, activation="quick_gelu"):
         super().__init__()
         self.width = width
         self.layers = layers
-        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
+        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads, activation) for _ in range(layers)])
 
     def forward(self, x, attn_mask=None):
         for block in self.resblocks:
@@ -149,7 +175,8 @@ class Transformer(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, resolution, patch_size, width, layers, heads, output_dim, linear_patch="2d"):
+    def __init__(self, resolution, patch_size, width, layers, heads, output_dim, linear_patch="2d",
+                 activation="quick_gelu"):
         super().__init__()
         scale = width ** -0.5
         self.patch_size = patch_size
@@ -161,7 +188,7 @@ class VisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn((resolution // patch_size) ** 2 + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
+        self.transformer = Transformer(width, layers, heads, activation)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
@@ -213,9 +240,9 @@ class CLIP(nn.Module):
         self.config = config
         self.visual = visual if visual is not None else VisionTransformer(
             config.image_resolution, config.vision_patch_size, config.vision_width, config.vision_layers,
-            config.vision_heads, config.embed_dim, linear_patch=config.linear_patch)
+            config.vision_heads, config.embed_dim, linear_patch=config.linear_patch, activation=config.activation)
         self.transformer = Transformer(config.transformer_width, config.transformer_layers,
-                                       config.transformer_heads)
+                                       config.transformer_heads, config.activation)
         self.token_embedding = nn.Embedding(config.vocab_size, config.transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(config.context_length, config.transformer_width))
         self.ln_final = LayerNorm(config.transformer_width)
@@ -293,10 +320,11 @@ def conv2_from_conv1(conv1, kernel_frames=3):
     return weight
 
 
-def build_clip(state_dict, linear_patch="2d"):
+def build_clip(state_dict, linear_patch="2d", config=None):
     """Build an fp32 CLIP from an OpenAI-layout state dict (fp16 or fp32), loading it strictly.
-    With linear_patch "3d", `visual.conv2.weight` comes from the state dict or, when absent, from
-    conv1 (`conv2_from_conv1`)."""
+    `config` (activation, heads, image statistics of converted weights) defaults to the sizes
+    inferred from the state dict with OpenAI's conventions. With linear_patch "3d",
+    `visual.conv2.weight` comes from the state dict or, when absent, from conv1 (`conv2_from_conv1`)."""
     if linear_patch not in LINEAR_PATCHES:
         raise ValueError(f"--linear_patch {linear_patch} is unknown; choose one of {', '.join(LINEAR_PATCHES)}")
     weights = {k: v.float() for k, v in state_dict.items()}
@@ -304,7 +332,7 @@ def build_clip(state_dict, linear_patch="2d"):
         weights["visual.conv2.weight"] = conv2_from_conv1(weights["visual.conv1.weight"])
     if linear_patch == "2d" and "visual.conv2.weight" in weights:
         raise ValueError("the CLIP weights hold visual.conv2.weight, a 3-D patch embedding: pass --linear_patch 3d")
-    model = CLIP(replace(config_from_state_dict(state_dict), linear_patch=linear_patch))
+    model = CLIP(replace(config or config_from_state_dict(state_dict), linear_patch=linear_patch))
     model.load_state_dict(weights, strict=True)
     return model
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from modules import distributed as du
 from dataloaders.sources import check_video_source
-from modules.checkpoint import copy_checkpoint, save_checkpoint
+from modules.checkpoint import clip_config_dict, copy_checkpoint, save_checkpoint
 from modules.optim import logged_lr
 from modules.precision import autocast_context, grad_scaler
 
@@ -159,7 +159,8 @@ def train_one_epoch(task, model, loader, optimizer, schedule, scaler, device, ep
 
 def checkpoint_state(task, model, optimizer, scaler, epoch, global_step, best, args):
     state = {"epoch": epoch, "global_step": global_step, "arch": task.arch, "state_dict": model.state_dict(),
-             "best_acc1": best, "optimizer": optimizer.state_dict(), "hparams": vars(args)}
+             "best_acc1": best, "optimizer": optimizer.state_dict(), "hparams": vars(args),
+             "clip_config": clip_config_dict(unwrap(model))}
     if scaler.is_enabled():
         state["scaler"] = scaler.state_dict()
     return state

@@ -5,7 +5,9 @@ import os
 import pickle
 
 from modules.checkpoint import load_model_weights, model_state_from_checkpoint, read_checkpoint
-from modules.clip import SCRATCH_MODELS, build_clip, load_clip_state_dict, random_clip_state_dict, read_clip_state_dict
+from modules.clip import (SCRATCH_MODELS, build_clip, config_from_state_dict, load_clip_state_dict, random_clip_state_dict,
+                          read_clip_state_dict, saved_clip_config)
+from modules.clip_sources import PretrainedCLIP, is_converted_name, load_pretrained_clip
 from modules.cluster.schedule import build_cluster_specs, chunk_size_for
 from modules.cluster.token_cluster import build_token_clusters
 from modules.retrieval import RetrievalModel
@@ -32,10 +34,11 @@ def cluster_specs_from_args(args, config):
         cluster_frame_embedding=bool(args.cluster_frame_embedding))
 
 
-def create_model(args, clip_state_dict):
-    """CLIP from its weights (fp32; --linear_patch 3d adds conv2), token clustering in the image tower,
-    and the similarity head initialised from CLIP."""
-    clip = build_clip(clip_state_dict, linear_patch=args.linear_patch)
+def create_model(args, clip_state_dict, clip_config=None):
+    """CLIP from its weights (fp32; --linear_patch 3d adds conv2) and `clip_config` (converted
+    weights; inferred from the keys when None), token clustering in the image tower, and the
+    similarity head initialised from CLIP."""
+    clip = build_clip(clip_state_dict, linear_patch=args.linear_patch, config=clip_config)
     specs = cluster_specs_from_args(args, clip.config)
     clip.visual.set_block_hooks(build_token_clusters(specs, clip.visual.positional_embedding.detach()))
     model = RetrievalModel(clip, sim_header=args.sim_header, cross_num_hidden_layers=args.cross_num_hidden_layers)
@@ -52,28 +55,41 @@ def resume_checkpoint(args):
 
 
 def clip_weights(args, checkpoint):
-    """CLIP from --pretrained (a CLIP file, or a retrieval checkpoint's CLIP), else from --pretrained_dir;
-    when that file is absent but a checkpoint is given, CLIP is rebuilt from the checkpoint's own
-    `clip.*` weights (its cluster tables are loaded with the model). Sizes trained from scratch
-    (`demo-small`) otherwise start from OpenAI's random initialisation."""
+    """CLIP's weights as a PretrainedCLIP: from --pretrained (a CLIP file, or a retrieval checkpoint's
+    CLIP), else `--pretrained_clip_name` (an OpenAI file in --pretrained_dir, or open_clip / Hugging
+    Face weights converted at load). When those weights are absent but a checkpoint is given, CLIP
+    is rebuilt from the checkpoint's own `clip.*` weights and saved `clip_config` (its cluster tables
+    are loaded with the model). Sizes trained from scratch (`demo-small`) otherwise start from
+    OpenAI's random initialisation."""
+    name = args.pretrained_clip_name
     if args.pretrained_clip_path:
         return pretrained_clip_weights(args.pretrained_clip_path, unsafe=bool(args.unsafe_load_checkpoint))
-    if args.pretrained_clip_name in SCRATCH_MODELS:
-        return random_clip_state_dict(args.pretrained_clip_name, seed=args.seed)
+    if name in SCRATCH_MODELS:
+        return openai_layout(random_clip_state_dict(name, seed=args.seed))
     try:
-        return load_clip_state_dict(args.pretrained_clip_name, args.pretrained_dir, download=bool(args.download_clip))
-    except FileNotFoundError as err:
+        if is_converted_name(name):
+            return load_pretrained_clip(name, download=bool(args.download_clip))
+        return openai_layout(load_clip_state_dict(name, args.pretrained_dir, download=bool(args.download_clip)))
+    except (FileNotFoundError, ImportError) as err:
         if checkpoint is None:
             raise
         logger.warning("%s\nbuilding CLIP from the checkpoint's clip.* weights instead", err)
     return retrieval_clip_weights(checkpoint)
 
 
+def openai_layout(state_dict, config=None):
+    """Weights in OpenAI's layout with their config (by default inferred from the keys)."""
+    return PretrainedCLIP(state_dict, config or config_from_state_dict(state_dict))
+
+
 def retrieval_clip_weights(checkpoint):
-    """The CLIP weights inside a retrieval checkpoint or weights export (its `clip.*` keys, without
-    the cluster tables), in OpenAI's layout."""
+    """The CLIP inside a retrieval checkpoint or weights export (its `clip.*` keys, without the
+    cluster tables, and its saved `clip_config`), in OpenAI's layout."""
     state = model_state_from_checkpoint(checkpoint)
-    return {k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.") and "tokencluster_inter" not in k}
+    clip = {k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.") and "tokencluster_inter" not in k}
+    if "visual.conv1.weight" not in clip:
+        return None
+    return openai_layout(clip, saved_clip_config(checkpoint))
 
 
 def pretrained_clip_weights(path, unsafe=False):
@@ -85,11 +101,10 @@ def pretrained_clip_weights(path, unsafe=False):
         state = read_clip_state_dict(path)
     except pickle.UnpicklingError:  # a checkpoint holding more than tensors (read with the allow-list)
         state = read_checkpoint(path, unsafe=unsafe)
-    if "visual.conv1.weight" not in state:
-        state = retrieval_clip_weights(state)
-    if "visual.conv1.weight" not in state:
+    weights = openai_layout(state) if "visual.conv1.weight" in state else retrieval_clip_weights(state)
+    if weights is None:
         raise ValueError(f"--pretrained {path} holds neither CLIP weights nor a retrieval checkpoint's clip.* weights")
-    return state
+    return weights
 
 
 def build_retrieval_model(args):
@@ -97,7 +112,11 @@ def build_retrieval_model(args):
     (not strict: the keys that match, the others logged), then --temperature_new > 1 written into
     `logit_scale`, then --resume's weights (strict). Returns (model, the --resume checkpoint or None)."""
     checkpoint = resume_checkpoint(args)
-    model = create_model(args, clip_weights(args, checkpoint))
+    weights = clip_weights(args, checkpoint)
+    if weights is None or weights.xclip:
+        raise ValueError(f"--pretrained_clip_name {args.pretrained_clip_name} holds no CLIP for retrieval"
+                         + (" (it is an X-CLIP model: use it with --task_type recognition)" if weights else ""))
+    model = create_model(args, weights.state_dict, weights.config)
     if args.init_model:
         init = read_checkpoint(args.init_model, unsafe=bool(args.unsafe_load_checkpoint))
         load_model_weights(model, init, strict=False)
@@ -117,7 +136,13 @@ def build_recognition_model(args):
     if checkpoint is not None:
         model = build_xclip_from_checkpoint(checkpoint, args.max_frames, **options)
     else:
-        model = build_xclip(clip_weights(args, None), args.max_frames, seed=args.seed, **options)
+        weights = clip_weights(args, None)
+        if weights.xclip:  # a whole X-CLIP (Hugging Face XCLIPModel): every part from its weights
+            model = build_xclip_from_checkpoint(weights.state_dict, args.max_frames, clip_config=weights.config,
+                                                **options)
+        else:
+            model = build_xclip(weights.state_dict, args.max_frames, seed=args.seed, clip_config=weights.config,
+                                **options)
     if args.init_model:
         load_xclip_weights(model, read_checkpoint(args.init_model, unsafe=bool(args.unsafe_load_checkpoint)))
     args.image_resolution = model.config.image_resolution

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from modules.checkpoint import CheckpointMismatch, mismatch_message
-from modules.clip import CLIP, NON_WEIGHT_KEYS, CLIPConfig, LayerNorm, config_from_state_dict
+from modules.clip import CLIP, NON_WEIGHT_KEYS, CLIPConfig, LayerNorm, config_from_state_dict, saved_clip_config
 from modules.tokenizer import SimpleTokenizer
 from modules.xclip_parts import CrossFrameVisionTransformer, MultiFrameIntegrationTransformer, VideoSpecificPrompt
 
@@ -52,7 +52,8 @@ class XCLIP(CLIP):
     def __init__(self, config: XCLIPConfig):
         c = config.clip
         visual = CrossFrameVisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width, c.vision_layers,
-                                             c.vision_heads, c.embed_dim, config.num_frames, config.drop_path_rates())
+                                             c.vision_heads, c.embed_dim, config.num_frames, config.drop_path_rates(),
+                                             c.activation)
         super().__init__(c, visual=visual)
         self.xclip_config = config
         self.mit = MultiFrameIntegrationTransformer(config.num_frames, c.embed_dim, config.mit_layers)
@@ -138,14 +139,15 @@ def is_xclip_key(key: str) -> bool:
 
 def build_xclip(clip_state_dict, num_frames: int, *, mit_layers: int = 1, prompts_layers: int = 2,
                 prompts_alpha: float = 0.1, drop_path_rate: float = 0.0, cache_text: bool = True,
-                seed: int | None = None) -> XCLIP:
-    """An fp32 X-CLIP to train from OpenAI CLIP weights (fp16 or fp32, TorchScript entries allowed):
-    every CLIP tensor from the file, the new parts initialised as the original (XCLIP_SPEC §1.8),
-    from `seed` if given (without touching the global RNG)."""
+                seed: int | None = None, clip_config: CLIPConfig | None = None) -> XCLIP:
+    """An fp32 X-CLIP to train from CLIP weights in OpenAI's layout (fp16 or fp32, TorchScript
+    entries allowed): every CLIP tensor from the file, the new parts initialised as the original
+    (XCLIP_SPEC §1.8), from `seed` if given (without touching the global RNG). `clip_config` comes
+    with converted weights (activation, heads); by default it is inferred from the state dict."""
     state = {k: v for k, v in clip_state_dict.items() if k not in NON_WEIGHT_KEYS}
     if any(is_xclip_key(k) for k in state):
         raise ValueError("these are X-CLIP weights, not CLIP's: build the model with build_xclip_from_checkpoint")
-    config = XCLIPConfig(config_from_state_dict(state), num_frames, mit_layers=mit_layers,
+    config = XCLIPConfig(clip_config or config_from_state_dict(state), num_frames, mit_layers=mit_layers,
                          prompts_layers=prompts_layers, prompts_alpha=prompts_alpha,
                          drop_path_rate=drop_path_rate, cache_text=cache_text)
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
@@ -171,14 +173,16 @@ def xclip_state_from_checkpoint(checkpoint: Mapping) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def xclip_config_from_state_dict(state_dict, *, drop_path_rate: float = 0.0, cache_text: bool = True) -> XCLIPConfig:
-    """Sizes of an X-CLIP from its state dict: CLIP's as in SPEC §1, T from `mit.positional_embedding`,
-    the MIT and prompt-generator depths from their block keys."""
+def xclip_config_from_state_dict(state_dict, *, drop_path_rate: float = 0.0, cache_text: bool = True,
+                                 clip_config: CLIPConfig | None = None) -> XCLIPConfig:
+    """Sizes of an X-CLIP from its state dict: CLIP's as in SPEC §1 (or `clip_config`, saved with
+    checkpoints of converted weights), T from `mit.positional_embedding`, the MIT and
+    prompt-generator depths from their block keys."""
     if "mit.positional_embedding" not in state_dict:
         raise ValueError("not an X-CLIP state dict (no mit.positional_embedding); for CLIP weights use build_xclip")
     mit_layers = {k.split(".")[2] for k in state_dict if k.startswith("mit.resblocks.")}
     prompts_layers = {k.split(".")[2] for k in state_dict if k.startswith("prompts_generator.decoder.")}
-    return XCLIPConfig(config_from_state_dict(state_dict), state_dict["mit.positional_embedding"].shape[1],
+    return XCLIPConfig(clip_config or config_from_state_dict(state_dict), state_dict["mit.positional_embedding"].shape[1],
                        mit_layers=len(mit_layers), prompts_layers=len(prompts_layers),
                        drop_path_rate=drop_path_rate, cache_text=cache_text)
 
@@ -197,11 +201,14 @@ def load_xclip_weights(model: XCLIP, checkpoint: Mapping):
 
 
 def build_xclip_from_checkpoint(checkpoint: Mapping, num_frames: int | None = None, *,
-                                drop_path_rate: float = 0.0, cache_text: bool = True) -> XCLIP:
-    """An fp32 X-CLIP with the sizes and weights of a checkpoint (see `xclip_state_from_checkpoint`).
-    A `num_frames` other than the checkpoint's T is refused: the MIT's positional table is per frame."""
+                                drop_path_rate: float = 0.0, cache_text: bool = True,
+                                clip_config: CLIPConfig | None = None) -> XCLIP:
+    """An fp32 X-CLIP with the sizes and weights of a checkpoint (see `xclip_state_from_checkpoint`;
+    `clip_config`, or the one the checkpoint saved, gives what the keys cannot). A `num_frames`
+    other than the checkpoint's T is refused: the MIT's positional table is per frame."""
     state = xclip_state_from_checkpoint(checkpoint)
-    config = xclip_config_from_state_dict(state, drop_path_rate=drop_path_rate, cache_text=cache_text)
+    config = xclip_config_from_state_dict(state, drop_path_rate=drop_path_rate, cache_text=cache_text,
+                                          clip_config=clip_config or saved_clip_config(checkpoint))
     if num_frames is not None and num_frames != config.num_frames:
         raise ValueError(f"the X-CLIP checkpoint was trained with {config.num_frames} frames per video "
                          f"(mit.positional_embedding has {config.num_frames} rows) but --max_frames is "

@@ -48,8 +48,9 @@ class CrossFrameBlock(ResidualAttentionBlock):
     after it. Rows are frames, video b's frame t at row b·T + t.
     """
 
-    def __init__(self, width: int, heads: int, num_frames: int, drop_path: float = 0.0):
-        super().__init__(width, heads)
+    def __init__(self, width: int, heads: int, num_frames: int, drop_path: float = 0.0,
+                 activation: str = "quick_gelu"):
+        super().__init__(width, heads, activation)
         self.num_frames = num_frames
         self.message_fc = nn.Linear(width, width)
         self.message_ln = LayerNorm(width)
@@ -79,13 +80,14 @@ class CrossFrameVisionTransformer(VisionTransformer):
     """
 
     def __init__(self, resolution: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int,
-                 num_frames: int, drop_path_rates: list[float]):
+                 num_frames: int, drop_path_rates: list[float], activation: str = "quick_gelu"):
         if len(drop_path_rates) != layers:
             raise ValueError(f"got {len(drop_path_rates)} drop-path rates for {layers} blocks")
         # The parent builds the stem and the head; its block list is filled with cross-frame blocks here.
         super().__init__(resolution, patch_size, width, 0, heads, output_dim)
         self.num_frames = num_frames
-        self.transformer.resblocks.extend(CrossFrameBlock(width, heads, num_frames, rate) for rate in drop_path_rates)
+        self.transformer.resblocks.extend(CrossFrameBlock(width, heads, num_frames, rate, activation)
+                                          for rate in drop_path_rates)
         self.transformer.layers = layers
 
     def forward(self, frames):

@@ -142,7 +142,7 @@ def test_pretrained_reads_clip_files_and_a_retrieval_checkpoints_clip(tmp_path):
     save_checkpoint({"state_dict": model_state, "epoch": 3, "hparams": {"lr": 1e-4}}, str(tmp_path / "ckpt.pth.tar"))
     for name, expected in (("plain.pt", clip), ("jit.pt", clip),
                            ("ckpt.pth.tar", {k: v + 1 for k, v in clip.items()})):
-        state = pretrained_clip_weights(str(tmp_path / name))
+        state = pretrained_clip_weights(str(tmp_path / name)).state_dict
         assert state.keys() == expected.keys(), name
         assert all(torch.equal(state[k], expected[k]) for k in expected), name
     torch.save({"state_dict": {"head.weight": torch.zeros(2)}}, tmp_path / "other.pt")

@@ -36,7 +36,8 @@ class RetrievalTask:
         """The model of the flags with --init_model / --resume weights, layers frozen for training,
         fp16 weights for --precision fp16. Returns (model on device, the --resume checkpoint or None)."""
         model, checkpoint = build_retrieval_model(args)
-        args.image_resolution = model.clip.config.image_resolution  # the loaders make frames this size
+        config = model.clip.config  # the loaders make frames of its size, normalised with its statistics
+        args.image_resolution, args.image_mean, args.image_std = config.image_resolution, config.image_mean, config.image_std
         if args.do_train:
             freeze_clip_layers(model.clip, args.freeze_layer_num, bool(args.freeze_clip))
             if not any(p.requires_grad for p in model.parameters()):
