@@ -67,13 +67,14 @@ def normalise_crops(crops, mean=CLIP_MEAN, std=CLIP_STD):
     return x.sub_(mean).div_(std).contiguous()
 
 
-def frames_to_clip(frames, size=224):
-    """Resize (when needed), centre-crop, scale to [0, 1] and normalise with CLIP's statistics.
+def frames_to_clip(frames, size=224, mean=CLIP_MEAN, std=CLIP_STD):
+    """Resize (when needed), centre-crop, scale to [0, 1] and normalise with the model's statistics.
 
     Args:
         frames: uint8 numpy array [T, H, W, 3] (RGB).
         size: output side, 224 for the released models.
+        mean, std: RGB statistics (OpenAI CLIP's by default).
     Returns:
         float32 tensor [T, 3, size, size].
     """
-    return normalise_crops(resize_and_crop(frames, size))
+    return normalise_crops(resize_and_crop(frames, size), mean, std)

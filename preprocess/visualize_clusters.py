@@ -166,9 +166,11 @@ def main(argv=None):
         args.resume = tool.checkpoint
     try:
         model = build_retrieval_model(args)[0].eval()
-        size, patch = model.clip.config.image_resolution, model.clip.config.vision_patch_size
+        config = model.clip.config
+        size, patch = config.image_resolution, config.vision_patch_size
         frames, _ = read_frames(tool.video, args.max_frames, train=False)
-        block, medoids = medoid_patches(model, frames_to_clip(frames, size), tool.block)
+        clip = frames_to_clip(frames, size, config.image_mean, config.image_std)
+        block, medoids = medoid_patches(model, clip, tool.block)
     except (*BROKEN_VIDEO_ERRORS, ValueError) as error:  # a bad video, checkpoint, weights file or --block
         sys.exit(f"visualize_clusters: {error}")
     grid = size // patch

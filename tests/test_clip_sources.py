@@ -1,7 +1,8 @@
 """CLIP weights from open_clip and Hugging Face: converted into this project's layouts, the
 converted models compared with the libraries' own forward (fp32, 1e-5), unsupported
 architectures refused, the download path followed up to the network call, and a retrieval
-training run started from a converted open_clip model."""
+training run started from a converted open_clip model; X-CLIP from both libraries."""
+import argparse
 import http.server
 import json
 import os
@@ -19,6 +20,8 @@ from transformers import CLIPConfig, CLIPModel, XCLIPConfig, XCLIPModel
 
 import main as main_module
 import params
+from dataloaders.loaders import make_reader
+from dataloaders.transforms import normalise_crops
 from modules.checkpoint import read_checkpoint
 from modules.clip import build_clip
 from modules.clip_sources import load_pretrained_clip
@@ -261,3 +264,13 @@ def test_the_xclip_task_starts_from_an_open_clip_with_its_activation(tmp_path):
     blocks = list(model.visual.transformer.resblocks) + list(model.transformer.resblocks)
     assert all(type(block.mlp.gelu) is torch.nn.GELU for block in blocks)
     assert model.config.vision_heads == 2 and model.visual.transformer.resblocks[0].attn.heads == 2
+
+
+def test_retrieval_frames_are_normalised_with_the_models_statistics():
+    args = argparse.Namespace(max_frames=2, lmdb_dataset=None, image_resolution=32, image_mean=(0.5, 0.4, 0.3),
+                              image_std=(0.2, 0.25, 0.5))
+    reader = make_reader(args, train=False)
+    crops = torch.full((2, 3, 32, 32), 153, dtype=torch.uint8)  # 153 / 255 = 0.6
+    video = normalise_crops(crops, reader.mean, reader.std)
+    expected = [(0.6 - m) / s for m, s in zip(args.image_mean, args.image_std)]
+    assert [video[:, c].unique().item() for c in range(3)] == pytest.approx(expected, abs=1e-6)
