@@ -135,8 +135,9 @@ def test_features_and_weights_out(trained, tmp_path):
     main_module.main(data_flags(root, msvd, tmp_path / "export") + ["--do_train", "0", "--resume", ckpt,
                                                                      "--export_weights", str(small), "--export_fp16", "1"])
     exported = read_checkpoint(str(small))
-    assert set(exported) == {"state_dict", "arch", "hparams"} and exported["state_dict"]["clip.visual.proj"].dtype == \
-        torch.float16
+    assert set(exported) == {"state_dict", "arch", "hparams", "clip_config"}
+    assert exported["state_dict"]["clip.visual.proj"].dtype == torch.float16
+    assert exported["clip_config"]["activation"] == "quick_gelu" and exported["clip_config"]["vision_heads"] == 1
     assert os.path.getsize(small) < os.path.getsize(ckpt) / 2  # no optimizer state, half the bytes per weight
     main_module.main(data_flags(root, msvd, tmp_path / "eval_small") + ["--do_train", "0", "--do_eval", "1",
                                                                          "--resume", str(small)])
