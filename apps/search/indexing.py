@@ -70,6 +70,16 @@ def merge_parts(store, index_dir):
         os.remove(part)
 
 
+def first_part_info(index_dir):
+    """(settings, path) of the first part file, or ({}, None) when there is none."""
+    for part in part_files(index_dir):
+        source = Store(part, readonly=True)
+        info = source.info()
+        source.close()
+        return info, part
+    return {}, None
+
+
 def plan(listing, stored, stored_starts):
     """Videos that need encoding, in name order: [(name, stamp, starts already stored)].
 
@@ -173,8 +183,8 @@ def process_group():
     return 0, 1, False
 
 
-def barrier(world_size):
-    if world_size > 1:
+def barrier(distributed):
+    if distributed:
         dist.barrier()
 
 
@@ -190,15 +200,18 @@ def index_collection(checkpoint, videos, index_dir, window=None, stride=None, ba
         "unchanged"); on a --shard run only the first three; None on torchrun ranks other than 0.
     """
     rank, world, started = process_group() if shard is None else (shard[0], shard[1], False)
+    distributed = shard is None and world > 1
     model = SearchModel(checkpoint)
     collection = open_videos(videos)
     main_path = os.path.join(index_dir, MAIN_FILE)
     if rank == 0 and shard is None:
         store = Store(main_path)
-        store.set_info(resolve_settings(store.info(), model, collection, window, stride, index_dir))
+        # A new index whose videos were encoded by --shard runs takes their settings.
+        stored, where = (store.info(), index_dir) if store.info() else first_part_info(index_dir)
+        store.set_info(resolve_settings(stored, model, collection, window, stride, where))
         merge_parts(store, index_dir)
         store.close()
-    barrier(world)
+    barrier(distributed)
     main = Store(main_path, readonly=True) if os.path.isfile(main_path) else None
     settings = resolve_settings(main.info() if main else {}, model, collection, window, stride, index_dir)
     part = Store(part_path(index_dir, rank, world))
@@ -214,12 +227,12 @@ def index_collection(checkpoint, videos, index_dir, window=None, stride=None, ba
     if main:
         main.close()
     summary = {"videos": len(listing), "encoded_windows": encoded, "broken": broken}
-    if world > 1 and shard is None:
+    if distributed:
         gathered = [None] * world
         dist.all_gather_object(gathered, summary)
         summary = {"videos": len(listing), "encoded_windows": sum(s["encoded_windows"] for s in gathered),
                    "broken": [b for s in gathered for b in s["broken"]]}
-    barrier(world)
+    barrier(distributed)
     if shard is None and rank == 0:
         summary.update(finish(index_dir, listing))
     if started:
