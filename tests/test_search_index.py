@@ -4,6 +4,10 @@ killed run, LMDB collections and clear errors."""
 import json
 import os
 import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -16,10 +20,12 @@ from apps.search.indexing import index_collection
 from apps.search.model import SearchModel
 from apps.search.query import Searcher
 from apps.search.store import MAIN_FILE, Store, part_files
+from modules.checkpoint import save_checkpoint
 from preprocess.folder2lmdb import main as folder2lmdb
 from tests.test_search_fixtures import STRIDE, VIDEOS, WINDOW, make_checkpoint, make_videos
 from tests.video_factory import write_video
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPECTED_WINDOWS = {"a.mp4": [(0.0, 4.0)], "b.mp4": [(0.0, 4.0), (2.0, 6.0), (4.0, 8.0), (5.0, 9.0)],
                     "c.mkv": [(s, s + 4.0) for s in (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 11.0)],
                     "sub/d.mp4": [(0.0, 4.0), (2.0, 6.0)]}
@@ -168,6 +174,34 @@ def test_killed_run_loses_one_batch_and_resumes(built, tmp_path, monkeypatch):
         np.testing.assert_allclose(complete[key], reference[key], atol=1e-6)
 
 
+def test_index_process_killed_with_sigkill_resumes(tmp_path):
+    """A real `kill -9` of an indexing process once it committed a few batches: the committed
+    windows are kept (SQLite transactions) and the next run encodes only the others."""
+    checkpoint = make_checkpoint(str(tmp_path / "ckpt.pth.tar"))
+    videos = make_videos(str(tmp_path / "videos"), {"long.mp4": (180, 5)}, broken=False)  # 60 s: 29 windows
+    index = str(tmp_path / "index")
+    command = [sys.executable, "-m", "apps.search", "index", "--checkpoint", checkpoint, "--videos", videos,
+               "--index", index, "--window", "4", "--stride", "2", "--batch_size", "1", "--num_workers", "0"]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    committed, deadline = 0, time.time() + 120
+    while committed < 3 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+        parts = part_files(index)
+        try:
+            committed = Store(parts[0], readonly=True).count() if parts else 0
+        except sqlite3.OperationalError:  # the writer holds the lock at this instant
+            pass
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    kept = Store(part_files(index)[0], readonly=True).count()
+    assert 3 <= kept < 29
+    resumed = index_collection(checkpoint, videos, index, batch_size=8, num_workers=0, progress=False)
+    assert resumed["encoded_windows"] == 29 - kept and resumed["windows"] == 29
+    assert sorted(s for _, s, _ in stored_windows(index)) == [s for s, _ in window_bounds(60.0, 4.0, 2.0)]
+
+
 def test_lmdb_collection_matches_folder(built, tmp_path, capsys):
     root, checkpoint, videos, index, _ = built
     flat = tmp_path / "flat"
@@ -225,6 +259,8 @@ def test_ivf_index_above_the_exact_limit(tmp_path, monkeypatch):
     (["index", "--checkpoint", "{other}", "--videos", "{videos}", "--index", "{index}"], "not comparable"),
     (["index", "--checkpoint", "{checkpoint}", "--videos", "{videos}", "--index", "{index}", "--window", "8"],
      "--window 8.0: {index} was built with --window 4.0"),
+    (["index", "--checkpoint", "{recognition}", "--videos", "{videos}", "--index", "{tmp}/i"],
+     "{recognition} is a recognition model; search needs a text-video retrieval model"),
     (["query", "--index", "{tmp}/none", "--text", "x"], "--index {tmp}/none holds no index"),
     (["query", "--index", "{index}", "--text", "x", "--top_k", "0"], "--top_k must be >= 1"),
     (["query", "--index", "{index}", "--video", "{videos}/broken.mp4"], "--video {videos}/broken.mp4 cannot be read"),
@@ -234,7 +270,11 @@ def test_bad_input_names_the_file_or_flag(built, tmp_path, caplog, argv, message
     other = str(root / "other.pth.tar")
     if not os.path.exists(other):
         make_checkpoint(other, seed=2)
-    fields = dict(videos=videos, tmp=str(tmp_path), checkpoint=checkpoint, other=other, index=index)
+    recognition = str(root / "xclip.pth.tar")
+    if not os.path.exists(recognition):
+        save_checkpoint({"state_dict": {}, "hparams": {"task_type": "recognition"}}, recognition)
+    fields = dict(videos=videos, tmp=str(tmp_path), checkpoint=checkpoint, other=other, index=index,
+                  recognition=recognition)
     with pytest.raises(SystemExit) as stop:
         main([a.format(**fields) for a in argv])
     assert stop.value.code == 1

@@ -7,6 +7,8 @@ import sys
 from modules.checkpoint import CheckpointError
 from modules.integrity import IntegrityError
 
+from .vectors import NPROBE
+
 logger = logging.getLogger("apps.search")
 # Failures whose message names the file or flag at fault: one line, no traceback.
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, ImportError, CheckpointError, IntegrityError)
@@ -50,12 +52,15 @@ def build_parser():
     query.add_argument("--max_per_video", type=int, default=None, help="at most this many windows of one video")
     query.add_argument("--json", action="store_true", help="print [{path, start, end, score}] (seconds, best first)")
     query.add_argument("--checkpoint", default=None, help="the model, when it moved since indexing")
+    query.add_argument("--nprobe", type=int, default=NPROBE, help="IVF lists searched (large indexes; default "
+                       "%(default)s): more is slower and closer to exact search")
 
     serve = commands.add_parser("serve", help="a local web page to search the index")
     serve.add_argument("--index", required=True, help="the index folder")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     serve.add_argument("--checkpoint", default=None, help="the model, when it moved since indexing")
+    serve.add_argument("--nprobe", type=int, default=NPROBE, help="IVF lists searched (default %(default)s)")
     return parser
 
 
@@ -73,11 +78,11 @@ def run(args):
         from .query import run_query
 
         print(run_query(args.index, args.text, args.video, args.top_k, args.max_per_video, args.json,
-                        args.checkpoint))
+                        args.checkpoint, args.nprobe))
     else:
         from .serve import serve
 
-        serve(args.index, args.port, args.host, args.checkpoint)
+        serve(args.index, args.port, args.host, args.checkpoint, args.nprobe)
 
 
 def main(argv=None):

@@ -44,7 +44,8 @@ def checkpoint_args(checkpoint):
     task = hparams.get("task_type", "retrieval")
     if task != "retrieval":
         raise ValueError(f"--checkpoint {checkpoint} is a {task} model; search needs a text-video retrieval "
-                         "model (--task_type retrieval), whose text and video embeddings share one space")
+                         "model (--task_type retrieval): X-CLIP conditions its text features on each video "
+                         "(prompt generator), so a caption has no embedding to compare with an index")
     if hparams.get("sim_header") == "tightTransf":
         raise ValueError(f"--checkpoint {checkpoint} scores pairs with --sim_header tightTransf (a cross encoder), "
                          "which gives no video embedding to index; use a meanP, seqLSTM or seqTransf model")

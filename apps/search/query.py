@@ -21,16 +21,19 @@ class Searcher:
         index_dir: the folder `index` wrote.
         checkpoint: the model; default the checkpoint recorded in the index (it must be the same
             file: its SHA-256 is checked).
+        nprobe: IVF lists searched per query (an exact index ignores it).
     """
 
-    def __init__(self, index_dir, checkpoint=None):
+    def __init__(self, index_dir, checkpoint=None, nprobe=vectors.NPROBE):
         path = os.path.join(index_dir, MAIN_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--index {index_dir} holds no index ({MAIN_FILE} is missing); "
                                     "build it with `python -m apps.search index`")
         self.store = Store(path, readonly=True)
         self.settings = self.store.info()
-        self.index = vectors.read_index(index_dir)
+        if nprobe < 1:
+            raise ValueError(f"--nprobe must be >= 1, got {nprobe}")
+        self.index = vectors.read_index(index_dir, nprobe)
         if self.index is None or "checkpoint" not in self.settings:
             raise FileNotFoundError(f"--index {index_dir} is incomplete ({vectors.FILE} is missing): an "
                                     "`index` run did not finish; run it again")
@@ -125,7 +128,8 @@ def format_table(results):
     return "\n".join(lines)
 
 
-def run_query(index_dir, text=None, video=None, top_k=10, max_per_video=None, as_json=False, checkpoint=None):
+def run_query(index_dir, text=None, video=None, top_k=10, max_per_video=None, as_json=False, checkpoint=None,
+              nprobe=vectors.NPROBE):
     """The `query` command's output (a table or JSON text)."""
     if (text is None) == (video is None):
         raise ValueError("pass exactly one of --text and --video")
@@ -133,7 +137,7 @@ def run_query(index_dir, text=None, video=None, top_k=10, max_per_video=None, as
         raise ValueError(f"--top_k must be >= 1, got {top_k}")
     if max_per_video is not None and max_per_video < 1:
         raise ValueError(f"--max_per_video must be >= 1, got {max_per_video}")
-    searcher = Searcher(index_dir, checkpoint)
+    searcher = Searcher(index_dir, checkpoint, nprobe)
     vector = searcher.text_vector(text) if text is not None else searcher.video_vector(video)
     results = searcher.search(vector, top_k, max_per_video)
     return json.dumps(public(results), indent=1) if as_json else format_table(results)

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 from .collection import open_videos
 from .query import Searcher
+from .vectors import NPROBE
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 THUMB_WIDTH = 320
@@ -44,12 +45,12 @@ def middle_frame_jpeg(source, start, end):
     return buffer.getvalue()
 
 
-def create_app(index_dir, checkpoint=None):
+def create_app(index_dir, checkpoint=None, nprobe=NPROBE):
     """The FastAPI application over one index folder."""
     fastapi, _ = import_web()
     from fastapi.responses import FileResponse, HTMLResponse, Response
 
-    searcher = Searcher(index_dir, checkpoint)
+    searcher = Searcher(index_dir, checkpoint, nprobe)
     videos = open_videos(searcher.settings["videos"])
     lock = threading.Lock()  # one search at a time: the model and faiss run on all cores anyway
     app = fastapi.FastAPI(title="Video search", docs_url=None, redoc_url=None)
@@ -103,9 +104,9 @@ def create_app(index_dir, checkpoint=None):
     return app
 
 
-def serve(index_dir, port, host="127.0.0.1", checkpoint=None):
+def serve(index_dir, port, host="127.0.0.1", checkpoint=None, nprobe=NPROBE):
     """Run the page until interrupted (uvicorn, one process)."""
     _, uvicorn = import_web()
-    app = create_app(index_dir, checkpoint)
+    app = create_app(index_dir, checkpoint, nprobe)
     print(f"searching {index_dir} on http://{host}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
