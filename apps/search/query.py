@@ -5,6 +5,8 @@ import os
 import numpy as np
 from torch.utils.data import DataLoader
 
+from dataloaders.video_reader import BROKEN_VIDEO_ERRORS
+
 from . import vectors
 from .collection import FolderCollection, probe_duration, window_bounds
 from .indexing import WindowDataset
@@ -94,7 +96,7 @@ class Searcher:
             raise FileNotFoundError(f"--video {path} does not exist")
         try:
             duration = probe_duration(path)
-        except Exception as error:
+        except (*BROKEN_VIDEO_ERRORS, ValueError) as error:
             raise ValueError(f"--video {path} cannot be read: {type(error).__name__}: {error}") from None
         folder = FolderCollection(os.path.dirname(os.path.abspath(path)))
         name = os.path.basename(path)
