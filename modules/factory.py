@@ -48,6 +48,13 @@ def create_model(args, clip_state_dict, clip_config=None):
     return model
 
 
+def set_frame_flags(args, clip_config):
+    """The loaders make frames of the model's size, normalised with the statistics it was trained
+    with (`make_reader` reads these three from args)."""
+    args.image_resolution = clip_config.image_resolution
+    args.image_mean, args.image_std = clip_config.image_mean, clip_config.image_std
+
+
 def resume_checkpoint(args):
     """The --resume checkpoint (loaded safely unless --unsafe_load_checkpoint 1), or None. `latest`
     was resolved to a path (or None) at start-up."""

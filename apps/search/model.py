@@ -16,7 +16,7 @@ import torch
 
 from dataloaders.loaders import make_reader
 from modules.checkpoint import load_model_weights, read_checkpoint, read_hparams
-from modules.factory import create_model, retrieval_clip_weights
+from modules.factory import create_model, retrieval_clip_weights, set_frame_flags
 from modules.integrity import read_sidecar, sha256_file, sidecar_path
 from modules.retrieval import l2_normalize
 from modules.tokenizer import SimpleTokenizer, tokenize_caption
@@ -77,10 +77,11 @@ class SearchModel:
         self.args = checkpoint_args(checkpoint)
         self.sha256 = checkpoint_sha256(checkpoint)
         state = read_checkpoint(checkpoint, unsafe=False)  # verified against its .sha256 sidecar
-        self.model = create_model(self.args, retrieval_clip_weights(state))
+        clip = retrieval_clip_weights(state)  # with its saved clip_config (activation, image statistics)
+        self.model = create_model(self.args, clip.state_dict, clip.config)
         load_model_weights(self.model, state)
         self.model.eval()
-        self.args.image_resolution = self.model.clip.config.image_resolution
+        set_frame_flags(self.args, self.model.clip.config)
         self.dim = self.model.clip.config.embed_dim
         self.tokenizer = SimpleTokenizer()
 

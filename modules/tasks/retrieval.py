@@ -15,7 +15,7 @@ from modules import distributed as du
 from modules.accumulation import accumulated_backward
 from modules.clip import convert_weights_to_fp16
 from modules.engine import NonFiniteEvaluation, check_broken_share, move_batch
-from modules.factory import build_retrieval_model
+from modules.factory import build_retrieval_model, set_frame_flags
 from modules.metrics import dual_softmax, retrieval_metrics
 from modules.optim import build_optimizer, freeze_clip_layers, map_optimizer_state, total_optimizer_steps
 from modules.tokenizer import SimpleTokenizer
@@ -36,8 +36,7 @@ class RetrievalTask:
         """The model of the flags with --init_model / --resume weights, layers frozen for training,
         fp16 weights for --precision fp16. Returns (model on device, the --resume checkpoint or None)."""
         model, checkpoint = build_retrieval_model(args)
-        config = model.clip.config  # the loaders make frames of its size, normalised with its statistics
-        args.image_resolution, args.image_mean, args.image_std = config.image_resolution, config.image_mean, config.image_std
+        set_frame_flags(args, model.clip.config)
         if args.do_train:
             freeze_clip_layers(model.clip, args.freeze_layer_num, bool(args.freeze_clip))
             if not any(p.requires_grad for p in model.parameters()):
