@@ -6,6 +6,7 @@ import argparse
 import http.server
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from modules.checkpoint import read_checkpoint
 from modules.clip import build_clip
 from modules.clip_sources import load_pretrained_clip
 from modules.factory import build_recognition_model
+from modules.tokenizer import SimpleTokenizer, tokenize_caption
 from modules.xclip import build_xclip_from_checkpoint, tokenize_class_names
 from tests.tiny_datasets import write_msvd
 
@@ -274,3 +276,38 @@ def test_retrieval_frames_are_normalised_with_the_models_statistics():
     video = normalise_crops(crops, reader.mean, reader.std)
     expected = [(0.6 - m) / s for m, s in zip(args.image_mean, args.image_std)]
     assert [video[:, c].unique().item() for c in range(3)] == pytest.approx(expected, abs=1e-6)
+
+
+def hf_features(out):
+    return out if torch.is_tensor(out) else out.pooler_output
+
+
+@torch.no_grad()
+def test_zero_shot_retrieval_from_a_hugging_face_folder_equals_the_library(tmp_path):
+    """Eval-only without --resume: the similarity matrix is the library's CLIP on the same frames
+    (normalised with the model's own statistics), mean-pooled as meanP does."""
+    torch.manual_seed(0)
+    hf = CLIPModel(CLIPConfig(text_config=tiny_hf_tower(hidden_act="gelu"), projection_dim=32,
+                              vision_config=tiny_hf_tower(image_size=64, patch_size=16, hidden_act="gelu"))).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    statistics = {"image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.25, 0.3]}
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps(statistics))
+    msvd = write_msvd(str(tmp_path / "msvd"), captions_per_video=(1, 1, 1, 1), frames=5)
+    main_module.main(train_flags(msvd, tmp_path / "eval", f"hf:{tmp_path / 'hf'}", "--do_train", "0", "--do_eval", "1"))
+    args = argparse.Namespace(max_frames=4, lmdb_dataset=None, image_resolution=64, image_mean=statistics["image_mean"],
+                              image_std=statistics["image_std"])
+    reader, tokenizer = make_reader(args, train=False), SimpleTokenizer()
+    videos, texts = [], []
+    with open(tmp_path / "msvd" / "raw-captions.pkl", "rb") as f:
+        captions = pickle.load(f)
+    for i in range(4):
+        clip, mask = reader(str(tmp_path / "msvd" / "videos" / f"clip{i}.avi"))  # (1, T, 3, 64, 64), (1, T)
+        frames = torch.nn.functional.normalize(hf_features(hf.get_image_features(pixel_values=clip[0])), dim=-1)
+        valid = torch.as_tensor(mask[0], dtype=torch.float32)[:, None]  # (T, 1)
+        videos.append((frames * valid).sum(0) / valid.sum())
+        ids = tokenize_caption(tokenizer, " ".join(captions[f"clip{i}"][0]), 12)[0]
+        texts.append(hf_features(hf.get_text_features(input_ids=torch.as_tensor(ids)[None]))[0])
+    video = torch.nn.functional.normalize(torch.stack(videos), dim=-1)
+    text = torch.nn.functional.normalize(torch.stack(texts), dim=-1)
+    expected = hf.logit_scale.exp() * text @ video.T
+    np.testing.assert_allclose(np.load(tmp_path / "eval" / "sim_matrix.npy"), expected.numpy(), atol=1e-4)
