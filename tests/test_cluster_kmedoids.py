@@ -194,23 +194,25 @@ def test_euclidean_distances_are_cdists_bits(seed, m, n, c, scale):
     """The distance matrix is torch.cdist's, bit for bit, also for strided and integer-valued inputs."""
     g = torch.Generator().manual_seed(seed)
     x = scale * torch.randn(m, n, c, generator=g) + seed
-    for y in (x, x.round(), torch.randn(m, c, n, generator=g).transpose(1, 2), x[:, :, ::2]):
+    for y in (x, x.round(), torch.randn(m, c, n, generator=g).transpose(1, 2), x[:, :, ::2], x[:1, :, ::2]):
         assert torch.equal(pairwise_distances(y), torch.cdist(y, y))
+        assert torch.equal(pairwise_distances(y, chunk_size=2), torch.cat([torch.cdist(c, c) for c in y.split(2)]))
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(distance='cosine'), dict(threshold=0.0, iter_limit=9),
                                 dict(norm_p=1.0)])
 def test_chunks_in_one_call_equal_separate_calls(kw):
-    """chunk_size=8 on 19 samples (chunks of 8, 8 and 3) gives each chunk the result of a call of its
+    """chunk_size=8 on 17 samples (chunks of 8, 8 and 1) gives each chunk the result of a call of its
     own; the clean chunk stops while the noisy ones iterate on."""
     g = torch.Generator().manual_seed(13)
     centres = 10 * torch.randn(6, 16, generator=g)
     clean = centres.repeat_interleave(5, dim=0) + 0.01 * torch.randn(8, 30, 16, generator=g)
-    x = torch.cat([torch.randn(8, 30, 16, generator=g), clean, 3 * torch.randn(3, 30, 16, generator=g)])
+    x = torch.cat([torch.randn(8, 30, 16, generator=g), clean, 3 * torch.randn(1, 30, 16, generator=g)])
     assignment, medoids = batch_kmedoids(x, 6, chunk_size=8, **kw)
     for chunk in range(3):
         rows = slice(8 * chunk, 8 * chunk + 8)
         ref_assignment, ref_medoids = reference_kmedoids(x[rows], 6, **kw)
+        assert len(ref_medoids) == (8 if chunk < 2 else 1)
         assert torch.equal(medoids[rows], ref_medoids) and torch.equal(assignment[rows], ref_assignment)
 
 

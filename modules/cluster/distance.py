@@ -26,14 +26,20 @@ def check_distance(distance: str, norm_p: float) -> None:
         raise ValueError(f"norm_p (--minkowski_norm_p) must be positive, got {norm_p}")
 
 
-def pairwise_distances(x: torch.Tensor, distance: str = 'euclidean', norm_p: float = 2.0) -> torch.Tensor:
-    """Raw distances of the tokens of every sample.
+def pairwise_distances(x: torch.Tensor, distance: str = 'euclidean', norm_p: float = 2.0,
+                       chunk_size: Optional[int] = None) -> torch.Tensor:
+    """Raw distances of the tokens of every sample, as the original computes them chunk by chunk.
 
     x: (M, N, C) fp32. Returns (M, N, N): `cdist(x, x, p)` or `1 - cos` with x / (|x| + 1e-6).
+    A contiguous x is computed in one batched call, whose rows are those of per-chunk calls;
+    torch.cdist of a strided x rounds the norms in x's memory order for a single sample and in
+    contiguous order otherwise, so a strided x (the spectral embedding) is computed per chunk.
     """
     if distance == 'cosine':
         x_hat = x / (x.norm(dim=-1, keepdim=True) + 1e-6)
         return 1.0 - torch.bmm(x_hat, x_hat.transpose(1, 2))
+    if not x.is_contiguous():
+        return torch.cat([torch.cdist(chunk, chunk, p=norm_p) for chunk in x.split(chunk_size or len(x))])
     if norm_p == 2.0 and x.shape[1] > CDIST_MM_MIN_ROWS and x.numel():
         return euclidean_distances(x)
     return torch.cdist(x, x, p=norm_p)
@@ -51,10 +57,8 @@ def euclidean_distances(x: torch.Tensor) -> torch.Tensor:
     [-2x, |x|², 1] and [x, 1, |x|²] (C + 2 columns), then clamps at 0 and takes the root. The same
     product runs here on the same operands, so every distance has the same bits; the squared
     norms are computed once instead of once per side and the operands are written in place
-    instead of concatenated from temporaries. cdist reads x in contiguous order, whatever its
-    strides, and so must the norms here. x: (M, N, C) fp32. Returns (M, N, N).
+    instead of concatenated from temporaries. x: (M, N, C) fp32, contiguous. Returns (M, N, N).
     """
-    x = x.contiguous()
     m, n, c = x.shape
     sq_norm = x.pow(2).sum(dim=-1, keepdim=True)  # (M, N, 1), as cdist rounds it
     left, right = x.new_empty(m, n, c + 2), x.new_empty(m, n, c + 2)

@@ -30,7 +30,7 @@ def batch_kmedoids(x: torch.Tensor, k: int, distance: str = 'euclidean', norm_p:
         x = x.float()
         if pre_norm:
             x = x / (x.norm(dim=-1, keepdim=True) + 1e-6)
-        dist = shift_distances(pairwise_distances(x, distance, norm_p), chunk_size)
+        dist = shift_distances(pairwise_distances(x, distance, norm_p, chunk_size), chunk_size)
         return kmedoids_on_distances(x, dist, k, threshold, iter_limit, chunk_size)
 
 
