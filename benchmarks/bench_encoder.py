@@ -98,12 +98,18 @@ def video_frames(videos, frames, seed):
     return clip.flatten(0, 1)  # (B·T, 3, H, W)
 
 
+def original_kmedoids_in_chunks(x, k, chunk_size=None, threshold=1e-5, iter_limit=100, **_):
+    """The original's k-medoids called on each chunk of `chunk_size` segments, as the original's tower does."""
+    results = [original_kmedoids(chunk.float(), k, threshold, iter_limit)[:2] for chunk in x.split(chunk_size or len(x))]
+    return tuple(torch.cat(parts) for parts in zip(*results))
+
+
 @contextmanager
 def original_kmedoids_in_tower(enabled):
     """Swap the tower's k-medoids for the original's formulation (bench_cluster.py) while active."""
     saved = token_cluster.batch_kmedoids
     if enabled:
-        token_cluster.batch_kmedoids = lambda x, k, **kw: original_kmedoids(x.float(), k)[:2]
+        token_cluster.batch_kmedoids = original_kmedoids_in_chunks
     try:
         yield
     finally:
