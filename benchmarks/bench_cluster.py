@@ -3,21 +3,26 @@
 The baseline is written here as the original computes it: medoid costs from a masked
 `[M, K, N, N]` copy of the distances every iteration, KKZ re-reducing over all chosen seeds, the
 Laplacian by two bmm's with diagonal matrices. Both run side by side on the same inputs (median of
---repeats interleaved runs) and the outputs are checked identical.
+--repeats interleaved runs) and the outputs are checked identical. `--device cuda` measures a GPU
+(CUDA events). The original's time depends on the C allocator (its [M, K, N, N] tensors are page
+faults under glibc's defaults), so the JSON records the MALLOC_* settings; `--stages` adds where
+spectral clustering spends its time.
 
     python benchmarks/bench_cluster.py --json bench_cluster.json
+    MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824 python benchmarks/bench_cluster.py
 """
 import argparse
 import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.timing import describe, machine, timed  # noqa: E402
 from modules.cluster import batch_kmedoids, batch_spectral  # noqa: E402
+from modules.cluster import spectral  # noqa: E402
 
 SHAPES = [(24, 98, 768), (16, 147, 768), (12, 196, 768)]
 
@@ -28,15 +33,15 @@ def original_kmedoids(x, k, threshold=1e-5, iter_limit=100):
     m, n, _ = x.shape
     dist = torch.cdist(x, x, p=2.0)
     dist = dist - dist.max() - 1.0
-    diag = torch.arange(n)
+    diag = torch.arange(n, device=x.device)
     dist[:, diag, diag] -= 1.0
     dist_k = dist.unsqueeze(1).repeat(1, k, 1, 1)  # (M, K, N, N)
-    rows = torch.arange(m).unsqueeze(1)
-    medoids = torch.arange(k).unsqueeze(0).repeat(m, 1)
+    rows = torch.arange(m, device=x.device).unsqueeze(1)
+    medoids = torch.arange(k, device=x.device).unsqueeze(0).repeat(m, 1)
     medoids[:, 0] = x.norm(dim=-1).max(dim=1).indices
     for i in range(1, k):
         medoids[:, i] = dist[rows, medoids[:, :i], :].min(dim=1).values.max(dim=1).indices
-    slots = torch.arange(k).view(1, k, 1)
+    slots = torch.arange(k, device=x.device).view(1, k, 1)
     iterations = 0
     for _ in range(iter_limit):
         old = medoids
@@ -78,24 +83,35 @@ def make_tokens(data, m, n, c, seed):
     return (content + 0.5 * torch.randn(m, n // 49, 49, c, generator=g)).reshape(m, n, c)
 
 
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, (time.perf_counter() - start) * 1e3
-
-
-def compare(baseline, ours, repeats):
+def compare(baseline, ours, repeats, device):
     """Interleaved runs after one warm-up each; returns (median ms baseline, ours, identical, last baseline out)."""
     base_out, ours_out = baseline(), ours()
     identical = True
     base_ms, ours_ms = [], []
     for _ in range(repeats):
-        base_out, t = timed(baseline)
+        base_out, t = timed(baseline, device)
         base_ms.append(t)
-        ours_out, t = timed(ours)
+        ours_out, t = timed(ours, device)
         ours_ms.append(t)
         identical &= torch.equal(base_out[0], ours_out[0]) and torch.equal(base_out[1], ours_out[1])
     return statistics.median(base_ms), statistics.median(ours_ms), identical, base_out
+
+
+def spectral_stages(x, k, repeats, device):
+    """Median ms of each step of batch_spectral on x: affinity, Laplacian, SVD, sign correction and
+    normalisation, k-medoids on the embedding."""
+    steps = {}
+    with torch.no_grad():
+        affinity = spectral.graph_affinity(x, 'HeatKernel', 10, 2.0, None)
+        laplacian = spectral.normalized_laplacian(affinity)
+        u, s, vh = torch.linalg.svd(laplacian, full_matrices=False)
+        embedding = spectral.spectral_embedding(affinity, k, True)
+        steps["affinity"] = lambda: spectral.graph_affinity(x, 'HeatKernel', 10, 2.0, None)
+        steps["laplacian"] = lambda: spectral.normalized_laplacian(affinity)
+        steps["svd"] = lambda: torch.linalg.svd(laplacian, full_matrices=False)
+        steps["sign + normalise"] = lambda: spectral.sign_corrected(u, s, vh)[:, :, -k:].div(1.0)
+        steps["k-medoids"] = lambda: batch_kmedoids(embedding, k)
+        return {name: statistics.median(timed(fn, device)[1] for _ in range(repeats + 1)) for name, fn in steps.items()}
 
 
 def main(argv=None):
@@ -106,20 +122,22 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", nargs="+", default=["video", "gaussian"], choices=["video", "gaussian"])
     parser.add_argument("--skip_spectral", action="store_true")
+    parser.add_argument("--stages", action="store_true", help="also time the steps of spectral clustering")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]; CUDA is timed with events")
     parser.add_argument("--json", default=None, help="write the results to this file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = {"threads": torch.get_num_threads(), "torch": torch.__version__, "k": args.k,
-               "repeats": args.repeats, "kmedoids": {}, "spectral": {}}
-    print(f"k-medoids, K={args.k}, CPU, {torch.get_num_threads()} threads, median of {args.repeats}")
+    device = torch.device(args.device)
+    results = dict(machine(device), k=args.k, repeats=args.repeats, kmedoids={}, spectral={}, spectral_stages={})
+    print(f"k-medoids, K={args.k}, {describe(results)}, median of {args.repeats}")
     print(f"{'tokens':>9} {'shape':>11} {'iters':>5} {'original ms':>12} {'ours ms':>8} {'speedup':>8} "
           f"{'identical':>9}")
     for data in args.data:
         for m, n, c in SHAPES:
-            x = make_tokens(data, m, n, c, args.seed)
+            x = make_tokens(data, m, n, c, args.seed).to(device)
             base, ours, same, out = compare(lambda: original_kmedoids(x, args.k), lambda: batch_kmedoids(x, args.k),
-                                            args.repeats)
+                                            args.repeats, device)
             name = f"{m}x{n}x{c}"
             results["kmedoids"][f"{data} {name}"] = dict(original_ms=base, ours_ms=ours, speedup=base / ours,
                                                          identical=same, iterations=out[2])
@@ -128,12 +146,19 @@ def main(argv=None):
         print(f"\nspectral (HeatKernel, sign correction), K={args.k}, video tokens")
         print(f"{'shape':>11} {'original ms':>12} {'ours ms':>8} {'speedup':>8} {'identical':>9}")
         for m, n, c in SHAPES:
-            x = make_tokens('video', m, n, c, args.seed)
+            x = make_tokens('video', m, n, c, args.seed).to(device)
             base, ours, same, _ = compare(lambda: original_spectral(x, args.k), lambda: batch_spectral(x, args.k),
-                                          args.repeats)
+                                          args.repeats, device)
             name = f"{m}x{n}x{c}"
             results["spectral"][name] = dict(original_ms=base, ours_ms=ours, speedup=base / ours, identical=same)
             print(f"{name:>11} {base:>12.1f} {ours:>8.1f} {base / ours:>7.1f}x {str(same):>9}")
+    if args.stages:
+        print(f"\nspectral steps (ours), ms: {'shape':>11} " + " | ".join(
+            ["affinity", "laplacian", "svd", "sign + normalise", "k-medoids"]))
+        for m, n, c in SHAPES:
+            stages = spectral_stages(make_tokens('video', m, n, c, args.seed).to(device), args.k, args.repeats, device)
+            results["spectral_stages"][f"{m}x{n}x{c}"] = stages
+            print(f"{'':>26}{m}x{n}x{c} " + " | ".join(f"{v:.1f}" for v in stages.values()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

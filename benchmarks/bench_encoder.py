@@ -7,6 +7,9 @@ blocks' projections, MLP and attention, final projection) without and with clust
 itself counted as free. Configurations run round-robin, median of --repeats; `cluster ms` is the
 mean time per forward spent in the clustering modules.
 
+`--device cuda` measures a GPU (CUDA events for the forward; the clustering modules' time is then
+measured with a synchronisation around each call).
+
     python benchmarks/bench_encoder.py --original --json bench_encoder.json
     python benchmarks/bench_encoder.py --model ViT-B/16 --original --json bench_encoder_b16.json
 """
@@ -15,7 +18,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from contextlib import contextmanager
 
 import torch
@@ -26,6 +28,7 @@ from modules.clip import VisionTransformer  # noqa: E402
 from modules.cluster import build_cluster_specs, build_token_clusters, chunk_size_for  # noqa: E402
 from modules.cluster import token_cluster  # noqa: E402
 from benchmarks.bench_cluster import original_kmedoids  # noqa: E402
+from benchmarks.timing import describe, machine, timed  # noqa: E402
 
 MODELS = {"ViT-B/32": dict(patch=32, configs=["B6-6,49", "B6-4,49", "B6-3,49"]),
           "ViT-B/16": dict(patch=16, configs=["B6-4,160"])}
@@ -41,9 +44,8 @@ class Timed(nn.Module):
         self.seconds = 0.0
 
     def forward(self, x):
-        start = time.perf_counter()
-        out = self.inner(x)
-        self.seconds += time.perf_counter() - start
+        out, ms = timed(lambda: self.inner(x), x.device)
+        self.seconds += ms / 1e3
         return out
 
     def post_attention(self, x):
@@ -96,12 +98,18 @@ def video_frames(videos, frames, seed):
     return clip.flatten(0, 1)  # (B·T, 3, H, W)
 
 
+def original_kmedoids_in_chunks(x, k, chunk_size=None, threshold=1e-5, iter_limit=100, **_):
+    """The original's k-medoids called on each chunk of `chunk_size` segments, as the original's tower does."""
+    results = [original_kmedoids(chunk.float(), k, threshold, iter_limit)[:2] for chunk in x.split(chunk_size or len(x))]
+    return tuple(torch.cat(parts) for parts in zip(*results))
+
+
 @contextmanager
 def original_kmedoids_in_tower(enabled):
     """Swap the tower's k-medoids for the original's formulation (bench_cluster.py) while active."""
     saved = token_cluster.batch_kmedoids
     if enabled:
-        token_cluster.batch_kmedoids = lambda x, k, **kw: original_kmedoids(x.float(), k)[:2]
+        token_cluster.batch_kmedoids = original_kmedoids_in_chunks
     try:
         yield
     finally:
@@ -117,14 +125,16 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--original", action="store_true",
                         help="also run each configuration with the original's [M,K,N,N] k-medoids")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]; CUDA is timed with events")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
     patch = MODELS[args.model]["patch"]
-    visual = VisionTransformer(RESOLUTION, patch, WIDTH, LAYERS, WIDTH // 64, EMBED).eval()
-    frames = video_frames(args.videos, args.frames, seed=1)
+    visual = VisionTransformer(RESOLUTION, patch, WIDTH, LAYERS, WIDTH // 64, EMBED).eval().to(device)
+    frames = video_frames(args.videos, args.frames, seed=1).to(device)
     configs = ["baseline"] + MODELS[args.model]["configs"]
     runs = [(c, False) for c in configs] + ([(c, True) for c in configs[1:]] if args.original else [])
     hooks = {run: hooks_for(run[0], visual, patch, args.frames) for run in runs}
@@ -132,16 +142,15 @@ def main(argv=None):
     with torch.no_grad():
         for round_ in range(args.repeats + 1):  # round 0 warms up
             for run in runs:
-                visual.set_block_hooks(hooks[run])
-                start = time.perf_counter()
+                visual.set_block_hooks([None if h is None else h.to(device) for h in hooks[run]])
                 with original_kmedoids_in_tower(run[1]):
-                    visual(frames)
+                    _, ms = timed(lambda: visual(frames), device)
                 if round_:
-                    times[run].append((time.perf_counter() - start) * 1e3)
+                    times[run].append(ms)
     base_ms = statistics.median(times[("baseline", False)])
     base_flops = tower_flops(patch, block_shapes("baseline", patch, args.videos, args.frames))
-    results = {}
-    print(f"{args.model}, {args.videos} videos x {args.frames} frames, fp32, CPU, {torch.get_num_threads()} threads, "
+    results = {"machine": machine(device)}
+    print(f"{args.model}, {args.videos} videos x {args.frames} frames, fp32, {describe(results['machine'])}, "
           f"median of {args.repeats}")
     print(f"{'config':>22} {'ms':>8} {'cluster ms':>10} {'speedup':>8} {'ideal':>6} {'of ideal':>8}")
     for run in runs:

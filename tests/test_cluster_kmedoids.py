@@ -186,3 +186,58 @@ def test_large_k_feasible():
 def test_bad_arguments(kw, flag):
     with pytest.raises(ValueError, match=flag):
         batch_kmedoids(torch.randn(2, 40, 3), **kw)
+
+
+@pytest.mark.parametrize("seed,m,n,c,scale", [(0, 3, 26, 5, 1.0), (1, 17, 98, 768, 1.0), (2, 5, 147, 64, 1e3),
+                                              (3, 4, 60, 33, 1e-3), (4, 2, 196, 12, 30.0)])
+def test_euclidean_distances_are_cdists_bits(seed, m, n, c, scale):
+    """The distance matrix is torch.cdist's, bit for bit, also for strided and integer-valued inputs."""
+    g = torch.Generator().manual_seed(seed)
+    x = scale * torch.randn(m, n, c, generator=g) + seed
+    for y in (x, x.round(), torch.randn(m, c, n, generator=g).transpose(1, 2), x[:, :, ::2], x[:1, :, ::2]):
+        assert torch.equal(pairwise_distances(y), torch.cdist(y, y))
+        assert torch.equal(pairwise_distances(y, chunk_size=2), torch.cat([torch.cdist(c, c) for c in y.split(2)]))
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(distance='cosine'), dict(threshold=0.0, iter_limit=9),
+                                dict(norm_p=1.0)])
+def test_chunks_in_one_call_equal_separate_calls(kw):
+    """chunk_size=8 on 17 samples (chunks of 8, 8 and 1) gives each chunk the result of a call of its
+    own; the clean chunk stops while the noisy ones iterate on."""
+    g = torch.Generator().manual_seed(13)
+    centres = 10 * torch.randn(6, 16, generator=g)
+    clean = centres.repeat_interleave(5, dim=0) + 0.01 * torch.randn(8, 30, 16, generator=g)
+    x = torch.cat([torch.randn(8, 30, 16, generator=g), clean, 3 * torch.randn(1, 30, 16, generator=g)])
+    assignment, medoids = batch_kmedoids(x, 6, chunk_size=8, **kw)
+    for chunk in range(3):
+        rows = slice(8 * chunk, 8 * chunk + 8)
+        ref_assignment, ref_medoids = reference_kmedoids(x[rows], 6, **kw)
+        assert len(ref_medoids) == (8 if chunk < 2 else 1)
+        assert torch.equal(medoids[rows], ref_medoids) and torch.equal(assignment[rows], ref_assignment)
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the calls that read a tensor's values on the host (a device synchronisation on CUDA)."""
+    READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__,
+             torch.Tensor.__float__, torch.Tensor.__index__, torch.nonzero, torch.Tensor.nonzero,
+             torch.Tensor.any, torch.Tensor.all}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.READS and not (func in (torch.Tensor.any, torch.Tensor.all) and 'dim' in kwargs):
+            self.reads += 1
+        return func(*args, **kwargs)
+
+
+def test_one_host_read_per_iteration(monkeypatch):
+    x = torch.randn(6, 40, 8, generator=torch.Generator().manual_seed(14))
+    iterations = []
+    update = kmedoids.update_medoids
+    monkeypatch.setattr(kmedoids, "update_medoids", lambda *a: iterations.append(1) or update(*a))
+    with HostReads() as probe:
+        batch_kmedoids(x, 7, chunk_size=4)
+    assert len(iterations) > 2 and probe.reads == len(iterations)

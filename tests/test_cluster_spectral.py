@@ -111,3 +111,11 @@ def test_input_dtype_and_autocast():
 def test_bad_arguments(kw, flag):
     with pytest.raises(ValueError, match=flag):
         batch_spectral(torch.randn(2, 40, 3), 4, **kw)
+
+
+def test_chunks_in_one_call_equal_separate_calls():
+    x = video_tokens(4, m=5)
+    assignment, medoids = batch_spectral(x, 10, chunk_size=2)
+    for rows in (slice(0, 2), slice(2, 4), slice(4, 5)):
+        ref_assignment, ref_medoids = reference_spectral(x[rows], 10)
+        assert torch.equal(medoids[rows], ref_medoids) and torch.equal(assignment[rows], ref_assignment)

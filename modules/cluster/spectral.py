@@ -17,8 +17,9 @@ GRAPHS = ('HeatKernel', 'KNN')
 def batch_spectral(x: torch.Tensor, k: int, graph: str = 'HeatKernel', knn_k: int = 10, sigma: float = 2.0,
                    distance: str = 'euclidean', norm_p: float = 2.0, threshold: float = 1e-5,
                    iter_limit: int = 100, correct_sign: bool = True,
-                   spatial_temporal_graph: Optional[torch.Tensor] = None):
-    """Spectral clustering of the N tokens of each of M samples into k groups (one chunk).
+                   spatial_temporal_graph: Optional[torch.Tensor] = None, chunk_size: Optional[int] = None):
+    """Spectral clustering of the N tokens of each of M samples into k groups (one chunk, or
+    chunks of `chunk_size` consecutive samples for the k-medoids step, as `batch_kmedoids`).
 
     x: (M, N, C), any float dtype (fp32 inside, no gradient). spatial_temporal_graph: optional
     (1, N, N) or (M, N, N) 0/1 mask multiplied into the affinity after the KNN step.
@@ -37,7 +38,7 @@ def batch_spectral(x: torch.Tensor, k: int, graph: str = 'HeatKernel', knn_k: in
         affinity = graph_affinity(x.float(), graph, knn_k, sigma, spatial_temporal_graph)
         embedding = spectral_embedding(affinity, k, correct_sign)
         return batch_kmedoids(embedding, k, distance=distance, norm_p=norm_p, pre_norm=False,
-                              threshold=threshold, iter_limit=iter_limit)
+                              threshold=threshold, iter_limit=iter_limit, chunk_size=chunk_size)
 
 
 def squared_distances(x: torch.Tensor) -> torch.Tensor:

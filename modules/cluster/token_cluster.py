@@ -115,24 +115,20 @@ class TokenCluster(nn.Module):
 
     def _cluster_in_chunks(self, tokens: torch.Tensor):
         """Run the algorithm on consecutive chunks of spec.chunk_size segments, as the original does:
-        the distance shift and the stop rule are per chunk. tokens: (M, N, W) -> (M, N), (M, K)."""
+        the distance shift and the stop rule are per chunk. All chunks run in one batched call
+        (`chunk_size`), which gives each chunk the result of a call of its own.
+        tokens: (M, N, W) -> (M, N), (M, K)."""
         s = self.spec
         if s.spectral_spg and tokens.shape[1] != self.spg.shape[-1]:
             raise ValueError(f"resblocks.{s.block}: {tokens.shape[1]} tokens per segment, but the spatio-temporal "
                              f"graph (--spectral_spg) was built for {self.spg.shape[-1]}")
-        results = []
-        for chunk in tokens.split(s.chunk_size):
-            if s.algorithm == 'spectral':
-                results.append(batch_spectral(
-                    chunk, s.tokens_out, graph=s.spectral_graph, knn_k=s.spectral_knn_k,
-                    sigma=s.spectral_sigma, distance=s.distance, norm_p=s.norm_p, threshold=s.threshold,
-                    iter_limit=s.iter_limit, correct_sign=s.svd_correct_sign, spatial_temporal_graph=self.spg))
-            else:
-                results.append(batch_kmedoids(
-                    chunk, s.tokens_out, distance=s.distance, norm_p=s.norm_p, pre_norm=s.pre_norm,
-                    threshold=s.threshold, iter_limit=s.iter_limit))
-        assignment, medoids = zip(*results)
-        return torch.cat(assignment), torch.cat(medoids)
+        if s.algorithm == 'spectral':
+            return batch_spectral(
+                tokens, s.tokens_out, graph=s.spectral_graph, knn_k=s.spectral_knn_k, sigma=s.spectral_sigma,
+                distance=s.distance, norm_p=s.norm_p, threshold=s.threshold, iter_limit=s.iter_limit,
+                correct_sign=s.svd_correct_sign, spatial_temporal_graph=self.spg, chunk_size=s.chunk_size)
+        return batch_kmedoids(tokens, s.tokens_out, distance=s.distance, norm_p=s.norm_p, pre_norm=s.pre_norm,
+                              threshold=s.threshold, iter_limit=s.iter_limit, chunk_size=s.chunk_size)
 
 
 def cluster_means(tokens: torch.Tensor, assignment: torch.Tensor, k: int) -> torch.Tensor:
