@@ -176,8 +176,12 @@ def hf_config(name, download):
     try:
         config = transformers.AutoConfig.from_pretrained(source, local_files_only=not download)
     except OSError as err:
-        what = ("no config.json in the folder" if os.path.isdir(source) else "could not download its config"
-                if download else "not in the Hugging Face cache; pass --download_clip 1 to download it")
+        if os.path.isdir(source):
+            what = "no config.json in the folder"
+        elif download:
+            what = "could not download its config"
+        else:
+            what = "not in the Hugging Face cache; pass --download_clip 1 to download it"
         reason = (str(err).splitlines() or [""])[0]
         raise FileNotFoundError(f"--pretrained_clip_name {name}: {what} ({reason})") from err
     if config.model_type not in ("clip", "xclip"):
