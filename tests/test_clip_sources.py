@@ -311,3 +311,11 @@ def test_zero_shot_retrieval_from_a_hugging_face_folder_equals_the_library(tmp_p
     text = torch.nn.functional.normalize(torch.stack(texts), dim=-1)
     expected = hf.logit_scale.exp() * text @ video.T
     np.testing.assert_allclose(np.load(tmp_path / "eval" / "sim_matrix.npy"), expected.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("name, module", [("open_clip:ViT-B-32/laion2b_s34b_b79k", "open_clip"),
+                                          ("hf:openai/clip-vit-base-patch32", "transformers")])
+def test_a_missing_library_names_its_requirements_file(monkeypatch, name, module):
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+    with pytest.raises(ImportError, match=f"needs the `{module}` package: pip install -r requirements-weights.txt"):
+        load_pretrained_clip(name)
