@@ -12,7 +12,7 @@ import time
 
 from dataloaders import DATALOADERS, RECOGNITION_EVAL_LOADERS
 from modules.checkpoint import read_checkpoint_field
-from modules.clip import LINEAR_PATCHES, MODEL_CONFIGS, saved_clip_config
+from modules.clip import LINEAR_PATCHES, MODEL_CONFIGS, clip_config_from_dict
 from modules.clip_sources import describe_pretrained_clip, is_converted_name
 from modules.cluster.distance import DISTANCES
 from modules.cluster.schedule import ALGORITHMS
@@ -254,16 +254,15 @@ def clip_architecture(args):
         return describe_pretrained_clip(args.pretrained_clip_name, download=bool(args.download_clip))
     except (FileNotFoundError, ImportError):
         source = checkpoint_source(args)
-        saved = saved_clip_config({"clip_config": read_checkpoint_field(source, "clip_config")}) if source else None
+        saved = clip_config_from_dict(read_checkpoint_field(source, "clip_config")) if source else None
         if saved is None:
             raise
         return saved
 
 
-def check_schedule(args):
-    """The clustering schedule: one entry per vision block of the chosen CLIP, and everything
-    `build_cluster_specs` checks (frames that divide, K within the tokens available, ...)."""
-    config = clip_architecture(args)
+def check_schedule(args, config):
+    """The clustering schedule: one entry per vision block of the chosen CLIP (`config`), and
+    everything `build_cluster_specs` checks (frames that divide, K within the tokens available, ...)."""
     num_blocks = config.vision_layers
     if args.cluster_num_blocks is None:
         raise ValueError("--cluster_inter 1 needs --cluster_num_blocks (tokens per segment for each of the "
@@ -281,9 +280,9 @@ def check_schedule(args):
     cluster_specs_from_args(args, config)
 
 
-def check_ranges(args):
+def check_ranges(args, config):
     """Numbers that would fail late or train silently wrong: lr, betas, weight decay, workers, seed,
-    logging interval, clustering constants."""
+    logging interval, clustering constants, --max_words within the context of CLIP (`config`)."""
     checks = (
         ("lr", args.lr > 0, "a positive number"),  # NaN fails every comparison
         ("beta1", 0 <= args.beta1 < 1, "in [0, 1)"),
@@ -302,7 +301,7 @@ def check_ranges(args):
     for flag, ok, expected in checks:
         if not ok:
             raise ValueError(f"--{flag} must be {expected}, got {getattr(args, flag)}")
-    context_length = clip_architecture(args).context_length
+    context_length = config.context_length
     if not 2 <= args.max_words <= context_length:
         raise ValueError(f"--max_words {args.max_words}: needs room for the start and end tokens (>= 2) and at "
                          f"most CLIP's context length ({context_length})")
@@ -332,9 +331,10 @@ def check_args(args):
     for flag in ("max_frames", "batch_size", "batch_size_val", "epochs"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    check_ranges(args)
+    config = clip_architecture(args)  # read once: for open_clip / Hugging Face names, from the library's config
+    check_ranges(args, config)
     if args.cluster_inter:
-        check_schedule(args)
+        check_schedule(args, config)
     if args.task_type == "recognition":
         check_recognition(args)
 

@@ -79,14 +79,18 @@ def config_from_state_dict(state_dict):
     )
 
 
-def saved_clip_config(checkpoint):
-    """The CLIPConfig a checkpoint of this project saved (`clip_config`, a dict of its fields), or
-    None for checkpoints without one (OpenAI-convention weights, whose sizes the keys give)."""
-    saved = checkpoint.get("clip_config") if isinstance(checkpoint, dict) else None
+def clip_config_from_dict(saved):
+    """A CLIPConfig from the dict of its fields a checkpoint saved (`clip_config`), or None when
+    there is none (OpenAI-convention weights, whose sizes the keys give)."""
     if not isinstance(saved, dict):
         return None
     names = {f.name for f in fields(CLIPConfig)}
     return CLIPConfig(**{k: v for k, v in saved.items() if k in names})
+
+
+def saved_clip_config(checkpoint):
+    """The CLIPConfig a checkpoint of this project saved, or None (see `clip_config_from_dict`)."""
+    return clip_config_from_dict(checkpoint.get("clip_config") if isinstance(checkpoint, dict) else None)
 
 
 class LayerNorm(nn.LayerNorm):
