@@ -12,7 +12,6 @@ spectral clustering spends its time.
     MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824 python benchmarks/bench_cluster.py
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -20,7 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.timing import describe, machine, timed  # noqa: E402
+from benchmarks.timing import describe, machine, timed, write_results  # noqa: E402
 from modules.cluster import batch_kmedoids, batch_spectral  # noqa: E402
 from modules.cluster import spectral  # noqa: E402
 
@@ -159,9 +158,7 @@ def main(argv=None):
             stages = spectral_stages(make_tokens('video', m, n, c, args.seed).to(device), args.k, args.repeats, device)
             results["spectral_stages"][f"{m}x{n}x{c}"] = stages
             print(f"{'':>26}{m}x{n}x{c} " + " | ".join(f"{v:.1f}" for v in stages.values()))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_results(results, args.json)
     return results
 
 

@@ -14,7 +14,6 @@ measured with a synchronisation around each call).
     python benchmarks/bench_encoder.py --model ViT-B/16 --original --json bench_encoder_b16.json
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -28,7 +27,7 @@ from modules.clip import VisionTransformer  # noqa: E402
 from modules.cluster import build_cluster_specs, build_token_clusters, chunk_size_for  # noqa: E402
 from modules.cluster import token_cluster  # noqa: E402
 from benchmarks.bench_cluster import original_kmedoids  # noqa: E402
-from benchmarks.timing import describe, machine, timed  # noqa: E402
+from benchmarks.timing import describe, machine, timed, write_results  # noqa: E402
 
 MODELS = {"ViT-B/32": dict(patch=32, configs=["B6-6,49", "B6-4,49", "B6-3,49"]),
           "ViT-B/16": dict(patch=16, configs=["B6-4,160"])}
@@ -162,9 +161,7 @@ def main(argv=None):
         results[name] = dict(ms=ms, speedup=base_ms / ms, ideal=ideal, cluster_ms=cluster_ms)
         print(f"{name:>22} {ms:>8.0f} {cluster_ms:>10.1f} {base_ms / ms:>7.2f}x {ideal:>5.2f}x "
               f"{100 * base_ms / ms / ideal:>7.0f}%")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_results(results, args.json)
     return results
 
 

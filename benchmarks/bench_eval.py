@@ -16,7 +16,6 @@ once into --data_dir (the system's temporary folder by default). Both pipelines 
     python benchmarks/bench_eval.py --num_thread_reader 0 1 2 --json bench_eval.json
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_decode import write_benchmark_video  # noqa: E402
 from benchmarks.bench_encoder import original_kmedoids_in_tower, schedule  # noqa: E402
-from benchmarks.timing import describe, machine, timed  # noqa: E402
+from benchmarks.timing import describe, machine, timed, write_results  # noqa: E402
 from dataloaders.video_reader import VideoReader  # noqa: E402
 from modules.clip import build_clip, random_clip_state_dict  # noqa: E402
 from modules.cluster import build_cluster_specs, build_token_clusters, chunk_size_for  # noqa: E402
@@ -137,9 +136,7 @@ def main(argv=None):
         results["runs"][str(workers)] = dict(original_s=base, ours_s=ours, speedup=base / ours, same_sim=same)
         print(f"{workers:>7} {base:>10.1f} {ours:>8.1f} {base / ours:>7.2f}x {len(paths) / ours:>13.2f} {str(same):>8}",
               flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_results(results, args.json)
     return results
 
 

@@ -22,7 +22,6 @@
     python benchmarks/bench_search.py --skip_indexing --sizes 1000000 --distribution diffuse --json bench_search_diffuse.json
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -36,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import params  # noqa: E402
 from apps.search import indexing, vectors  # noqa: E402
 from apps.search.model import SearchModel  # noqa: E402
+from benchmarks.timing import write_results  # noqa: E402
 from modules.checkpoint import save_checkpoint  # noqa: E402
 from modules.clip import random_clip_state_dict  # noqa: E402
 from modules.factory import create_model  # noqa: E402
@@ -189,9 +189,7 @@ def main(argv=None):
             results["vectors"].append(row)
             print(f"{row['n']:>9} {row['index']:>22}: {row['ms']:8.3f} ms/query  recall@10 {row['recall@10']:.3f}",
                   flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    write_results(results, args.json, indent=1)
 
 
 if __name__ == "__main__":

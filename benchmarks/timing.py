@@ -1,7 +1,9 @@
-"""Device-agnostic timing for the benchmarks: CUDA events on a GPU, the wall clock on a CPU.
+"""Device-agnostic timing for the benchmarks: CUDA events on a GPU, the wall clock on a CPU; and
+the JSON file every benchmark writes with --json.
 
     elapsed_ms = timed(fn, device)  # -> (fn's output, milliseconds)
 """
+import json
 import os
 import time
 
@@ -40,3 +42,10 @@ def describe(info: dict) -> str:
     gpu = f" ({info['gpu']})" if "gpu" in info else ""
     return (f"{info['device']}{gpu}, {info['threads']} threads, load average {load}, "
             f"allocator {info['allocator']}")
+
+
+def write_results(results: dict, path, indent: int = 2):
+    """The --json file of a benchmark: `results` as indented JSON at `path` (nothing when path is None)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=indent)
