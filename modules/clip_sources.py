@@ -259,13 +259,16 @@ def check_close(ours, theirs, what, name):
     logger.info("%s: converted %s match the library's (relative error %.1e)", name, what, error)
 
 
+def hf_pooled(out):
+    """transformers' get_*_features: a tensor (v4), or an output whose pooler_output holds it (v5)."""
+    return out if torch.is_tensor(out) else out.pooler_output
+
+
 def image_text_features(library):
     """The library's image and text features: (images -> [N, D], texts -> [N, D])."""
-    if hasattr(library, "get_image_features"):  # transformers: tensors (v4) or outputs with pooler_output (v5)
-        def pooled(out):
-            return out if torch.is_tensor(out) else out.pooler_output
-        return (lambda x: pooled(library.get_image_features(pixel_values=x)),
-                lambda t: pooled(library.get_text_features(input_ids=t)))
+    if hasattr(library, "get_image_features"):  # transformers
+        return (lambda x: hf_pooled(library.get_image_features(pixel_values=x)),
+                lambda t: hf_pooled(library.get_text_features(input_ids=t)))
     return library.encode_image, library.encode_text
 
 

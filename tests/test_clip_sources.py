@@ -25,7 +25,7 @@ from dataloaders.loaders import make_reader
 from dataloaders.transforms import normalise_crops
 from modules.checkpoint import read_checkpoint
 from modules.clip import build_clip
-from modules.clip_sources import load_pretrained_clip
+from modules.clip_sources import hf_pooled, load_pretrained_clip
 from modules.factory import build_recognition_model
 from modules.tokenizer import SimpleTokenizer, tokenize_caption
 from modules.xclip import build_xclip_from_checkpoint, tokenize_class_names
@@ -123,9 +123,8 @@ def test_hugging_face_clip_folder_converts_exactly(tmp_path):
     assert (config.image_mean, config.image_std) == ((0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
     ours = build_clip(weights.state_dict, config=config).eval()
     x, texts = images(64), tokenize_class_names(CAPTIONS)
-    image_out, text_out = hf.get_image_features(pixel_values=x), hf.get_text_features(input_ids=texts)
-    assert_close(ours.encode_image(x), image_out if torch.is_tensor(image_out) else image_out.pooler_output)
-    assert_close(ours.encode_text(texts), text_out if torch.is_tensor(text_out) else text_out.pooler_output)
+    assert_close(ours.encode_image(x), hf_pooled(hf.get_image_features(pixel_values=x)))
+    assert_close(ours.encode_text(texts), hf_pooled(hf.get_text_features(input_ids=texts)))
 
 
 def tiny_hf_xclip(mit_heads=1):
@@ -148,8 +147,7 @@ def test_hugging_face_xclip_gives_the_librarys_logits_and_video_features(tmp_pat
     texts = tokenize_class_names(CAPTIONS)
     theirs = hf(input_ids=texts, pixel_values=video)
     assert_close(ours(video, texts), theirs.logits_per_video)
-    video_out = hf.get_video_features(pixel_values=video)
-    assert_close(ours.encode_video(video)[0], video_out if torch.is_tensor(video_out) else video_out.pooler_output)
+    assert_close(ours.encode_video(video)[0], hf_pooled(hf.get_video_features(pixel_values=video)))
 
 
 def test_hugging_face_xclip_with_other_head_counts_is_refused(tmp_path):
@@ -175,7 +173,7 @@ class HubStandIn(http.server.BaseHTTPRequestHandler):
 
 
 DOWNLOAD_SCRIPT = """
-from modules.clip_sources import load_pretrained_clip
+from modules.clip_sources import hf_pooled, load_pretrained_clip
 from modules.factory import build_recognition_model
 for name in ("open_clip:ViT-B-32/laion2b_s34b_b79k", "hf:openai/clip-vit-base-patch32"):
     for download in (False, True):
@@ -278,10 +276,6 @@ def test_retrieval_frames_are_normalised_with_the_models_statistics():
     assert [video[:, c].unique().item() for c in range(3)] == pytest.approx(expected, abs=1e-6)
 
 
-def hf_features(out):
-    return out if torch.is_tensor(out) else out.pooler_output
-
-
 @torch.no_grad()
 def test_zero_shot_retrieval_from_a_hugging_face_folder_equals_the_library(tmp_path):
     """Eval-only without --resume: the similarity matrix is the library's CLIP on the same frames
@@ -302,11 +296,11 @@ def test_zero_shot_retrieval_from_a_hugging_face_folder_equals_the_library(tmp_p
         captions = pickle.load(f)
     for i in range(4):
         clip, mask = reader(str(tmp_path / "msvd" / "videos" / f"clip{i}.avi"))  # (1, T, 3, 64, 64), (1, T)
-        frames = torch.nn.functional.normalize(hf_features(hf.get_image_features(pixel_values=clip[0])), dim=-1)
+        frames = torch.nn.functional.normalize(hf_pooled(hf.get_image_features(pixel_values=clip[0])), dim=-1)
         valid = torch.as_tensor(mask[0], dtype=torch.float32)[:, None]  # (T, 1)
         videos.append((frames * valid).sum(0) / valid.sum())
         ids = tokenize_caption(tokenizer, " ".join(captions[f"clip{i}"][0]), 12)[0]
-        texts.append(hf_features(hf.get_text_features(input_ids=torch.as_tensor(ids)[None]))[0])
+        texts.append(hf_pooled(hf.get_text_features(input_ids=torch.as_tensor(ids)[None]))[0])
     video = torch.nn.functional.normalize(torch.stack(videos), dim=-1)
     text = torch.nn.functional.normalize(torch.stack(texts), dim=-1)
     expected = hf.logit_scale.exp() * text @ video.T
