@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from modules.recompute import then
+
 
 OPENAI_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the RGB statistics OpenAI's CLIPs were trained with
 OPENAI_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -144,6 +146,7 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = LayerNorm(width)
         self.tokencluster_inter = None  # token-clustering hook, set by VisionTransformer.set_block_hooks
         self.drop_path = nn.Identity()  # stochastic depth on the residual branches (X-CLIP's blocks set it)
+        self.lean_backward = True  # recompute cheap saved tensors in backward (modules/recompute.set_lean_backward)
 
     def before_attention(self, x):
         """Per-block extension point before attention (subclasses extend it): the clustering hook."""
@@ -160,9 +163,17 @@ class ResidualAttentionBlock(nn.Module):
     def forward(self, x, attn_mask=None):
         """x [rows, tokens, W] -> [rows', tokens', W]; the extension points may change rows and tokens."""
         x = self.before_attention(x)
-        x = x + self.drop_path(self.attn(self.ln_1(x), attn_mask))
+        if not self.lean_backward:
+            x = x + self.drop_path(self.attn(self.ln_1(x), attn_mask))
+            x = self.after_attention(x)
+            return x + self.drop_path(self.mlp(self.ln_2(x)))
+        # The same computation; ln_1/ln_2 outputs and the activation's are recomputed in backward (modules/recompute.py).
+        x = x + self.drop_path(then(self.ln_1, x, lambda y: self.attn(y, attn_mask)))
         x = self.after_attention(x)
-        return x + self.drop_path(self.mlp(self.ln_2(x)))
+        return x + self.drop_path(then(self.ln_2, x, self._mlp_lean))
+
+    def _mlp_lean(self, x):
+        return then(self.mlp.gelu, self.mlp.c_fc(x), self.mlp.c_proj)
 
 
 class Transformer(nn.Module):
