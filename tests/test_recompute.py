@@ -135,3 +135,28 @@ def test_an_input_changed_in_place_is_refused():
     x.mul_(2)
     with pytest.raises(RuntimeError, match="modified in place"):
         y.sum().backward()
+
+
+def test_clustering_keeps_only_the_medoid_indices(tmp_path):
+    """k-medoids at block 6 (12 frames -> 4 segments): the medoid tokens are read from the residual
+    stream with one index_select; its output and gradient equal a gather from the segment-major
+    copy, bit for bit, and backward keeps only the indices (not that copy, as large as x)."""
+    args = params.get_args(["--output_dir", str(tmp_path), "--max_frames", "12", "--cluster_inter", "1",
+                            "--cluster_num_blocks", *["49"] * 12, "--target_frames_blocks", *["12"] * 6, *["4"] * 6])
+    model = create_model(args, make_tiny_clip_state_dict(seed=1, layers=12, text_layers=2))
+    cluster = model.clip.visual.transformer.resblocks[6].tokencluster_inter
+    x = torch.randn(2 * 12, 50, 64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    kept = []
+    with saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        out = cluster(x)
+    assert [t.dtype for t in kept] == [torch.int64] and kept[0].numel() == 2 * 4 * 49
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (grad,) = torch.autograd.grad((out * weights).sum(), x, retain_graph=True)  # out[:, :1] is used again
+
+    medoids = cluster.medoid_indices(x).transpose(0, 1).reshape(-1, 49)  # (M, K), row s·B + b
+    tokens = cluster._segment_tokens(x)  # (M, N, W)
+    gathered = tokens.gather(1, medoids.unsqueeze(-1).expand(-1, -1, 64))
+    gathered = gathered.reshape(4, 2, 49, 64).transpose(0, 1).reshape(8, 49, 64)
+    assert torch.equal(out[:, 1:], gathered)
+    (gather_grad,) = torch.autograd.grad((out[:, :1] * weights[:, :1]).sum() + (gathered * weights[:, 1:]).sum(), x)
+    assert torch.equal(grad, gather_grad)

@@ -102,16 +102,32 @@ class TokenCluster(nn.Module):
         rows, _, width = x.shape
         batch, f_out, k = rows // s.frames_in, s.frames_out, s.tokens_out
         cls = segment_mean(x[:, :1], s.frames_in, f_out)  # (B·f_out, 1, W)
-        tokens = self._segment_tokens(x)  # (M, N, W)
-        assignment, medoids = self._cluster_in_chunks(tokens)
         if s.aggregation is None:
-            kept = tokens.gather(1, medoids.unsqueeze(-1).expand(-1, -1, width))  # (M, K, W)
+            _, medoids = self._cluster_in_chunks(self._segment_tokens(x.detach()))
+            kept = self._medoid_tokens(x, medoids)  # (B·f_out, K, W)
         else:
-            kept = cluster_means(tokens, assignment, k)
-        kept = kept.reshape(f_out, batch, k, width).transpose(0, 1).reshape(batch * f_out, k, width)
+            tokens = self._segment_tokens(x)  # (M, N, W)
+            assignment, _ = self._cluster_in_chunks(tokens)
+            kept = cluster_means(tokens, assignment, k)  # (M, K, W)
+            kept = kept.reshape(f_out, batch, k, width).transpose(0, 1).reshape(batch * f_out, k, width)
         if s.cluster_embedding:
             kept = kept + self.cluster_embed.to(kept.dtype)
         return torch.cat([cls, kept], dim=1)
+
+    def _medoid_tokens(self, x: torch.Tensor, medoids: torch.Tensor) -> torch.Tensor:
+        """The medoids' tokens read straight from x (B·frames_in, 1 + n, W) into the output layout
+        (B·frames_out, K, W), row b·frames_out + s. One index_select: backward keeps only the indices
+        (a gather from the segment-major copy would keep that copy, as large as x).
+        medoids: (M, K), row s·B + b, indices into the segment's d·n tokens (see _segment_tokens)."""
+        s = self.spec
+        rows, length, width = x.shape
+        batch, n = rows // s.frames_in, length - 1
+        medoids = medoids.view(s.frames_out, batch, -1).transpose(0, 1)  # (B, f_out, K)
+        video = torch.arange(batch, device=x.device).view(-1, 1, 1)
+        segment = torch.arange(s.frames_out, device=x.device).view(1, -1, 1)
+        row = video * s.frames_in + segment * s.segment_frames + medoids // n  # (B, f_out, K) rows of x
+        flat = row * length + 1 + medoids % n  # skip each frame's [CLS]
+        return x.reshape(rows * length, width).index_select(0, flat.flatten()).view(batch * s.frames_out, -1, width)
 
     def _cluster_in_chunks(self, tokens: torch.Tensor):
         """Run the algorithm on consecutive chunks of spec.chunk_size segments, as the original does:
