@@ -62,12 +62,12 @@ class _Recomputable:
         saved = []
 
         def capture(t):
-            saved.append(t)
-            return t
+            saved.append(t.detach())
+            return None  # the recomputed graph is never run; keeping t in it would make a cycle through t.grad_fn
 
         x = self.x.detach().requires_grad_(self.x.requires_grad)
         device, dtype, enabled = self.autocast  # the forward pass's autocast state, as the backward does not keep it
-        with torch.enable_grad(), torch.autocast(device, dtype, enabled), saved_tensors_hooks(capture, lambda t: t):
+        with torch.enable_grad(), torch.autocast(device, dtype, enabled), saved_tensors_hooks(capture, lambda _: None):
             output = self.fn(x)
         if len(saved) != self.count:
             raise RuntimeError(f"lean backward: recomputing saved {len(saved)} tensors, the forward pass {self.count}")

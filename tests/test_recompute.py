@@ -160,3 +160,24 @@ def test_clustering_keeps_only_the_medoid_indices(tmp_path):
     assert torch.equal(out[:, 1:], gathered)
     (gather_grad,) = torch.autograd.grad((out[:, :1] * weights[:, :1]).sum() + (gathered * weights[:, 1:]).sum(), x)
     assert torch.equal(grad, gather_grad)
+
+
+def test_nothing_is_left_behind_after_backward(monkeypatch):
+    """The recomputed tensors and the notes are freed with the graph (no reference cycle through an
+    autograd node that would keep them, and the memory, for good)."""
+    import gc
+    import weakref
+    alive = []
+    recompute_once = recompute._Recomputable._recompute
+
+    def recording(self):
+        recompute_once(self)
+        alive.extend(weakref.ref(t) for t in self.saved + [self.output])
+        alive.append(weakref.ref(self))
+
+    monkeypatch.setattr(recompute._Recomputable, "_recompute", recording)
+    torch.manual_seed(0)
+    block = ResidualAttentionBlock(64, 1)
+    block(torch.randn(4, 10, 64, requires_grad=True)).sum().backward()
+    gc.collect()
+    assert len(alive) > 6 and all(ref() is None for ref in alive)
