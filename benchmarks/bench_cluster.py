@@ -6,7 +6,9 @@ Laplacian by two bmm's with diagonal matrices. Both run side by side on the same
 --repeats interleaved runs) and the outputs are checked identical. `--device cuda` measures a GPU
 (CUDA events). The original's time depends on the C allocator (its [M, K, N, N] tensors are page
 faults under glibc's defaults), so the JSON records the MALLOC_* settings; `--stages` adds where
-spectral clustering spends its time.
+spectral clustering spends its time. "product ms" is the one batched product inside torch.cdist
+(operands ready), which k-medoids needs whole to give cdist's distances bit for bit: the original's
+time divided by it ("ceiling") bounds any exact implementation's speed-up.
 
     python benchmarks/bench_cluster.py --json bench_cluster.json
     MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824 python benchmarks/bench_cluster.py
@@ -96,6 +98,13 @@ def compare(baseline, ours, repeats, device):
     return statistics.median(base_ms), statistics.median(ours_ms), identical, base_out
 
 
+def cdist_product(x):
+    """A callable running the batched product torch.cdist forms for x (M, N, C): [M, N, C+2]·[M, C+2, N]."""
+    left, right = torch.randn(*x.shape[:2], x.shape[2] + 2), torch.randn(*x.shape[:2], x.shape[2] + 2)
+    left, right = left.to(x.device), right.to(x.device)
+    return lambda: torch.bmm(left, right.transpose(1, 2))
+
+
 def spectral_stages(x, k, repeats, device):
     """Median ms of each step of batch_spectral on x: affinity, Laplacian, SVD, sign correction and
     normalisation, k-medoids on the embedding."""
@@ -131,16 +140,19 @@ def main(argv=None):
     results = dict(machine(device), k=args.k, repeats=args.repeats, kmedoids={}, spectral={}, spectral_stages={})
     print(f"k-medoids, K={args.k}, {describe(results)}, median of {args.repeats}")
     print(f"{'tokens':>9} {'shape':>11} {'iters':>5} {'original ms':>12} {'ours ms':>8} {'speedup':>8} "
-          f"{'identical':>9}")
+          f"{'identical':>9} {'product ms':>10} {'ceiling':>8}")
     for data in args.data:
         for m, n, c in SHAPES:
             x = make_tokens(data, m, n, c, args.seed).to(device)
             base, ours, same, out = compare(lambda: original_kmedoids(x, args.k), lambda: batch_kmedoids(x, args.k),
                                             args.repeats, device)
+            product = statistics.median(timed(cdist_product(x), device)[1] for _ in range(args.repeats + 1))
             name = f"{m}x{n}x{c}"
             results["kmedoids"][f"{data} {name}"] = dict(original_ms=base, ours_ms=ours, speedup=base / ours,
-                                                         identical=same, iterations=out[2])
-            print(f"{data:>9} {name:>11} {out[2]:>5} {base:>12.1f} {ours:>8.1f} {base / ours:>7.1f}x {str(same):>9}")
+                                                         identical=same, iterations=out[2], product_ms=product,
+                                                         ceiling=base / product)
+            print(f"{data:>9} {name:>11} {out[2]:>5} {base:>12.1f} {ours:>8.1f} {base / ours:>7.1f}x {str(same):>9} "
+                  f"{product:>10.1f} {base / product:>7.1f}x")
     if not args.skip_spectral:
         print(f"\nspectral (HeatKernel, sign correction), K={args.k}, video tokens")
         print(f"{'shape':>11} {'original ms':>12} {'ours ms':>8} {'speedup':>8} {'identical':>9}")

@@ -8,7 +8,9 @@ itself counted as free. Configurations run round-robin, median of --repeats; `cl
 mean time per forward spent in the clustering modules.
 
 `--device cuda` measures a GPU (CUDA events for the forward; the clustering modules' time is then
-measured with a synchronisation around each call).
+measured with a synchronisation around each call). `--profile` adds, per configuration, the share
+of the forward's time in each kind of operator (torch.profiler, self time): the matrix products
+are the same in any implementation of a configuration, so their share bounds what the rest can gain.
 
     python benchmarks/bench_encoder.py --original --json bench_encoder.json
     python benchmarks/bench_encoder.py --model ViT-B/16 --original --json bench_encoder_b16.json
@@ -103,6 +105,25 @@ def original_kmedoids_in_chunks(x, k, chunk_size=None, threshold=1e-5, iter_limi
     return tuple(torch.cat(parts) for parts in zip(*results))
 
 
+# aten operators by kind, for --profile; every other operator counts as "other"
+KINDS = {"matrix products": ("aten::addmm", "aten::mm", "aten::bmm", "aten::mkldnn_convolution"),
+         "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",),
+         "elementwise": ("aten::mul", "aten::add", "aten::sigmoid", "aten::native_layer_norm", "aten::copy_",
+                         "aten::cat", "aten::clone")}
+
+
+def operator_shares(forward):
+    """Share of forward()'s CPU self time per operator kind (KINDS), from one profiled call."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        forward()
+    totals = {kind: 0.0 for kind in [*KINDS, "other"]}
+    for event in prof.key_averages():
+        kind = next((kind for kind, names in KINDS.items() if event.key in names), "other")
+        totals[kind] += event.self_cpu_time_total
+    everything = sum(totals.values())
+    return {kind: t / everything for kind, t in totals.items()}
+
+
 @contextmanager
 def original_kmedoids_in_tower(enabled):
     """Swap the tower's k-medoids for the original's formulation (bench_cluster.py) while active."""
@@ -125,6 +146,7 @@ def main(argv=None):
     parser.add_argument("--original", action="store_true",
                         help="also run each configuration with the original's [M,K,N,N] k-medoids")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]; CUDA is timed with events")
+    parser.add_argument("--profile", action="store_true", help="also the time share of each operator kind (CPU)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.threads:
@@ -161,6 +183,15 @@ def main(argv=None):
         results[name] = dict(ms=ms, speedup=base_ms / ms, ideal=ideal, cluster_ms=cluster_ms)
         print(f"{name:>22} {ms:>8.0f} {cluster_ms:>10.1f} {base_ms / ms:>7.2f}x {ideal:>5.2f}x "
               f"{100 * base_ms / ms / ideal:>7.0f}%")
+    if args.profile:
+        print("share of the forward's time: " + ", ".join([*KINDS, "other"]))
+        for run in runs:
+            visual.set_block_hooks([None if h is None else h.inner.to(device) for h in hooks[run]])
+            with torch.no_grad(), original_kmedoids_in_tower(run[1]):
+                shares = operator_shares(lambda: visual(frames))
+            name = run[0] + (" (original k-medoids)" if run[1] else "")
+            results[name]["operator_shares"] = shares
+            print(f"{name:>22} " + " ".join(f"{100 * v:5.1f}%" for v in shares.values()))
     write_results(results, args.json)
     return results
 

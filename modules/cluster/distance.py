@@ -60,8 +60,9 @@ def euclidean_distances(x: torch.Tensor) -> torch.Tensor:
     instead of concatenated from temporaries. x: (M, N, C) fp32, contiguous. Returns (M, N, N).
     """
     m, n, c = x.shape
-    sq_norm = x.pow(2).sum(dim=-1, keepdim=True)  # (M, N, 1), as cdist rounds it
     left, right = x.new_empty(m, n, c + 2), x.new_empty(m, n, c + 2)
+    torch.mul(x, x, out=left[..., :c])  # x², the bits of x.pow(2), in left's space instead of a temporary
+    sq_norm = left[..., :c].sum(dim=-1, keepdim=True)  # (M, N, 1), as cdist rounds it
     torch.mul(x, -2, out=left[..., :c])
     left[..., c:c + 1] = sq_norm
     left[..., c + 1] = 1.0
