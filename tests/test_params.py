@@ -100,11 +100,21 @@ def run_cli(*argv):
     (["--cluster_inter", "1", "--max_frames", "2", "--cluster_num_blocks"] + ["49"] * 6 + ["16"] * 6
      + ["--target_frames_blocks"] + ["2"] * 6 + ["4"] * 6, "--max_frames"),
 ])
-def test_bad_combinations_fail_naming_the_flag(tmp_path, argv, flag):
-    result = run_cli("--output_dir", str(tmp_path), *argv)
+def test_bad_combinations_fail_naming_the_flag(tmp_path, capsys, argv, flag):
+    with pytest.raises(SystemExit) as exit_:
+        get_args(["--output_dir", str(tmp_path), *argv])
+    stderr = capsys.readouterr().err
+    assert exit_.value.code != 0
+    assert flag in stderr
+    assert len(stderr.splitlines()) <= 3  # a short message, not the whole usage
+
+
+def test_bad_flag_fails_the_command_line_naming_it(tmp_path):
+    """The same through the real command line (a new process), once."""
+    result = run_cli("--output_dir", str(tmp_path), "--lr", "nan")
     assert result.returncode != 0
-    assert flag in result.stderr
-    assert len(result.stderr.splitlines()) <= 3  # a short message, not the whole usage
+    assert "--lr" in result.stderr
+    assert len(result.stderr.splitlines()) <= 3
 
 
 def test_schedule_without_cluster_inter_warns(tmp_path, caplog):

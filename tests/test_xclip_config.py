@@ -1,12 +1,8 @@
 """X-CLIP's YAML configs and --opts as flag defaults: the original's merge order, flags win."""
-import subprocess
-import sys
-
 import pytest
 
 from dataloaders.video_list import LABEL_CSVS
 from params import get_args
-from tests.test_params import ROOT
 
 # configs/k400/32_8.yaml of the original, as shipped.
 K400_32_8 = """DATA:
@@ -79,6 +75,13 @@ def test_recognition_without_config_takes_xclip_defaults(tmp_path):
     assert (retrieval.max_frames, retrieval.lr, retrieval.xclip_config) == (100, 1e-4, None)
 
 
+def failure(argv, capsys):
+    """(exit status, standard error) of get_args(argv) failing, as the command line would show them."""
+    with pytest.raises(SystemExit) as exit_:
+        get_args(argv)
+    return exit_.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("content, opts, message", [
     ("DATA:\n  NUM_FRAME: 8\n", [], "unknown key DATA.NUM_FRAME"),
     ("DATA:\n  NUM_FRAMES: eight\n", [], "DATA.NUM_FRAMES must be of type int"),
@@ -87,23 +90,21 @@ def test_recognition_without_config_takes_xclip_defaults(tmp_path):
     ("", ["TEST.NUM_CLIP"], "KEY VALUE pairs"),
     ("DATA:\n  VAL_FILE: v.txt\n  LABEL_LIST: l.csv\n", ["TEST.NUM_CROP", "2"], "--num_crops"),
 ])
-def test_bad_configs_fail_naming_the_key(tmp_path, content, opts, message):
+def test_bad_configs_fail_naming_the_key(tmp_path, capsys, content, opts, message):
     path = tmp_path / "bad.yaml"
     path.write_text(content)
-    result = subprocess.run([sys.executable, "params.py", "--output_dir", str(tmp_path), "--config", str(path),
-                             *EVAL, *(["--opts", *opts] if opts else [])], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert len(result.stderr.splitlines()) <= 3
+    status, stderr = failure(["--output_dir", str(tmp_path), "--config", str(path), *EVAL,
+                              *(["--opts", *opts] if opts else [])], capsys)
+    assert status == 2
+    assert message in stderr
+    assert len(stderr.splitlines()) <= 3
 
 
-def test_recognition_flags_are_checked(tmp_path):
-    result = subprocess.run([sys.executable, "params.py", "--output_dir", str(tmp_path), "--task_type",
-                             "recognition", *EVAL], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 2 and "--val_list" in result.stderr
-    result = subprocess.run([sys.executable, "params.py", "--output_dir", str(tmp_path), "--datatype", "video_list"],
-                            capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 2 and "--datatype video_list is not a retrieval dataset" in result.stderr
+def test_recognition_flags_are_checked(tmp_path, capsys):
+    status, stderr = failure(["--output_dir", str(tmp_path), "--task_type", "recognition", *EVAL], capsys)
+    assert status == 2 and "--val_list" in stderr
+    status, stderr = failure(["--output_dir", str(tmp_path), "--datatype", "video_list"], capsys)
+    assert status == 2 and "--datatype video_list is not a retrieval dataset" in stderr
 
 
 def test_the_originals_command_line_maps_over(tmp_path, config):
