@@ -9,8 +9,10 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint_sequential
 
 from modules.clip import Attention, LayerNorm, QuickGELU, ResidualAttentionBlock, VisionTransformer
+from modules.recompute import set_lean_backward
 
 
 class DropPath(nn.Module):
@@ -89,12 +91,26 @@ class CrossFrameVisionTransformer(VisionTransformer):
         self.transformer.resblocks.extend(CrossFrameBlock(width, heads, num_frames, rate, activation)
                                           for rate in drop_path_rates)
         self.transformer.layers = layers
+        self.checkpoint_segments = 0  # see use_checkpoint
+
+    def use_checkpoint(self, segments: int = 3):
+        """TRAIN.USE_CHECKPOINT: in training, the blocks run as `segments` segments and every one but
+        the last keeps only its input, its activations recomputed in backward (torch's
+        checkpoint_sequential, as the original). The same numbers (drop path's draws are replayed).
+        The blocks' lean backward is turned off: checkpointing already drops what it would. A tower
+        of fewer blocks than segments has one block per segment."""
+        self.checkpoint_segments = min(segments, len(self.transformer.resblocks))
+        set_lean_backward(self.transformer, False)
 
     def forward(self, frames):
         """frames [B·T, 3, H, W] -> (frame features [B·T, D], patch tokens [B·T, n, W])."""
         if frames.shape[0] % self.num_frames:
             raise ValueError(f"{frames.shape[0]} frames is not a whole number of {self.num_frames}-frame videos")
-        x = self.transformer(self.embed(frames))  # (B·T, 1 + n, W)
+        x = self.embed(frames)  # (B·T, 1 + n, W)
+        if self.checkpoint_segments and torch.is_grad_enabled():
+            x = checkpoint_sequential(self.transformer.resblocks, self.checkpoint_segments, x, use_reentrant=False)
+        else:
+            x = self.transformer(x)
         return self.ln_post(x[:, 0]) @ self.proj, x[:, 1:]
 
 

@@ -31,7 +31,7 @@ def few_shot_run(demo, tmp_path_factory):
     main_module.main(flags(demo, out, "--do_train", "1", "--train_list", str(demo / "train.txt"),
                            "--val_list", str(demo / "val.txt"), "--labels_csv", str(demo / "labels.csv"),
                            "--shots", "1", "--seed", "5", "--epochs", "1", "--batch_size", "4", "--mixup", "0",
-                           "--save_freq", "0"))
+                           "--save_freq", "0", "--use_checkpoint", "1"))
     return out
 
 
@@ -43,6 +43,7 @@ def test_few_shot_trains_on_k_videos_per_class_and_writes_them_down(demo, few_sh
     assert sorted(video.label for video in written) == list(range(20))  # one per class
     log = (few_shot_run / "log.txt").read_text()
     assert "training on 20 samples: 5 batches per epoch" in log  # not the 40 of train.txt
+    assert "--use_checkpoint: the vision blocks train in 3 checkpointed segments" in log
     assert json.loads((few_shot_run / "hparams_train.json").read_text())["shots"] == 1
 
 

@@ -181,3 +181,33 @@ def test_nothing_is_left_behind_after_backward(monkeypatch):
     block(torch.randn(4, 10, 64, requires_grad=True)).sum().backward()
     gc.collect()
     assert len(alive) > 6 and all(ref() is None for ref in alive)
+
+
+def test_xclip_use_checkpoint_recomputes_two_of_three_segments_with_the_same_numbers():
+    """--use_checkpoint (TRAIN.USE_CHECKPOINT): 6 blocks in 3 segments, the first two run again in
+    backward; loss and gradients equal those of the run without it, drop path included."""
+    model = build_xclip(make_tiny_clip_state_dict(seed=2, layers=6, text_layers=2, resolution=64), 4,
+                        drop_path_rate=0.2, seed=0).train()
+    video = torch.randn(2, 4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    text = torch.randint(1, 400, (3, 77), generator=torch.Generator().manual_seed(4))
+
+    def loss(m, video):
+        torch.manual_seed(5)
+        return weighted_sum(lambda v: m(v, text), video)
+
+    expected_loss, expected = step(model, True, [video], loss)
+    model.visual.use_checkpoint()
+    calls = [0] * 6
+    for j, block in enumerate(model.visual.transformer.resblocks):
+        block.register_forward_pre_hook(lambda *_, j=j: calls.__setitem__(j, calls[j] + 1))  # runs started
+    model.zero_grad(set_to_none=True)
+    leaf = video.clone().requires_grad_(True)
+    checkpointed_loss = loss(model, leaf)
+    checkpointed_loss.backward()
+    assert calls == [2, 2, 2, 2, 1, 1]
+    assert model.visual.checkpoint_segments == 3
+    assert torch.equal(checkpointed_loss.detach(), expected_loss)
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    grads["input0"] = leaf.grad
+    assert grads.keys() == expected.keys()
+    assert [name for name in grads if not torch.equal(grads[name], expected[name])] == []

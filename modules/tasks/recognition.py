@@ -43,9 +43,6 @@ class RecognitionTask:
         self.loss = recognition_loss(len(self.class_names), mixup=args.mixup, cutmix=args.cutmix,
                                      switch_prob=args.mixup_switch_prob,
                                      label_smooth=args.label_smooth) if args.do_train else None
-        if args.use_checkpoint:
-            logger.warning("--use_checkpoint (TRAIN.USE_CHECKPOINT) is not implemented: the vision blocks keep "
-                           "their activations (more memory, the same numbers)")
         if args.config and unused_keys(args.xclip_config):
             logger.warning("%s sets %s, which this version does not use", args.config,
                            ", ".join(unused_keys(args.xclip_config)))
@@ -60,6 +57,10 @@ class RecognitionTask:
         model, checkpoint = build_recognition_model(args)
         if args.do_train and args.fix_text:
             freeze_text_tower(model)
+        if args.use_checkpoint and args.do_train:
+            model.visual.use_checkpoint()
+            logger.info("--use_checkpoint: the vision blocks train in %d checkpointed segments",
+                        model.visual.checkpoint_segments)
         if args.precision == "fp16":
             model.half()
         self.train_text_ids = tokenize_class_names(self.class_names).to(device) if self.class_names else None
