@@ -98,6 +98,11 @@ def compare(baseline, ours, repeats, device):
     return statistics.median(base_ms), statistics.median(ours_ms), identical, base_out
 
 
+def median_ms(fn, device, runs):
+    """Median milliseconds of `runs` calls of fn (the first one included)."""
+    return statistics.median(timed(fn, device)[1] for _ in range(runs))
+
+
 def cdist_product(x):
     """A callable running the batched product torch.cdist forms for x (M, N, C): [M, N, C+2]·[M, C+2, N]."""
     left, right = torch.randn(*x.shape[:2], x.shape[2] + 2), torch.randn(*x.shape[:2], x.shape[2] + 2)
@@ -119,7 +124,7 @@ def spectral_stages(x, k, repeats, device):
         steps["svd"] = lambda: torch.linalg.svd(laplacian, full_matrices=False)
         steps["sign + normalise"] = lambda: spectral.sign_corrected(u, s, vh)[:, :, -k:].div(1.0)
         steps["k-medoids"] = lambda: batch_kmedoids(embedding, k)
-        return {name: statistics.median(timed(fn, device)[1] for _ in range(repeats + 1)) for name, fn in steps.items()}
+        return {name: median_ms(fn, device, repeats + 1) for name, fn in steps.items()}
 
 
 def main(argv=None):
@@ -146,7 +151,7 @@ def main(argv=None):
             x = make_tokens(data, m, n, c, args.seed).to(device)
             base, ours, same, out = compare(lambda: original_kmedoids(x, args.k), lambda: batch_kmedoids(x, args.k),
                                             args.repeats, device)
-            product = statistics.median(timed(cdist_product(x), device)[1] for _ in range(args.repeats + 1))
+            product = median_ms(cdist_product(x), device, args.repeats + 1)
             name = f"{m}x{n}x{c}"
             results["kmedoids"][f"{data} {name}"] = dict(original_ms=base, ours_ms=ours, speedup=base / ours,
                                                          identical=same, iterations=out[2], product_ms=product,

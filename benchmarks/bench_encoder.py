@@ -136,6 +136,11 @@ def original_kmedoids_in_tower(enabled):
         token_cluster.batch_kmedoids = saved
 
 
+def run_name(run):
+    """(config, with the original's k-medoids) -> the name printed and written to --json."""
+    return run[0] + (" (original k-medoids)" if run[1] else "")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ViT-B/32", choices=sorted(MODELS))
@@ -175,8 +180,8 @@ def main(argv=None):
           f"median of {args.repeats}")
     print(f"{'config':>22} {'ms':>8} {'cluster ms':>10} {'speedup':>8} {'ideal':>6} {'of ideal':>8}")
     for run in runs:
-        config, original = run
-        name = config + (" (original k-medoids)" if original else "")
+        config = run[0]
+        name = run_name(run)
         ms = statistics.median(times[run])
         cluster_ms = sum(h.seconds for h in hooks[run] if h is not None) * 1e3 / (args.repeats + 1)
         ideal = base_flops / tower_flops(patch, block_shapes(config, patch, args.videos, args.frames))
@@ -189,7 +194,7 @@ def main(argv=None):
             visual.set_block_hooks([None if h is None else h.inner.to(device) for h in hooks[run]])
             with torch.no_grad(), original_kmedoids_in_tower(run[1]):
                 shares = operator_shares(lambda: visual(frames))
-            name = run[0] + (" (original k-medoids)" if run[1] else "")
+            name = run_name(run)
             results[name]["operator_shares"] = shares
             print(f"{name:>22} " + " ".join(f"{100 * v:5.1f}%" for v in shares.values()))
     write_results(results, args.json)

@@ -163,17 +163,15 @@ class ResidualAttentionBlock(nn.Module):
     def forward(self, x, attn_mask=None):
         """x [rows, tokens, W] -> [rows', tokens', W]; the extension points may change rows and tokens."""
         x = self.before_attention(x)
-        if not self.lean_backward:
-            x = x + self.drop_path(self.attn(self.ln_1(x), attn_mask))
-            x = self.after_attention(x)
-            return x + self.drop_path(self.mlp(self.ln_2(x)))
-        # The same computation; ln_1/ln_2 outputs and the activation's are recomputed in backward (modules/recompute.py).
-        x = x + self.drop_path(then(self.ln_1, x, lambda y: self.attn(y, attn_mask)))
+        # then(f, x, g) = g(f(x)); with lean_backward, f's outputs (ln_1, ln_2, the activation) are
+        # recomputed in backward instead of kept (modules/recompute.py)
+        x = x + self.drop_path(then(self.ln_1, x, lambda y: self.attn(y, attn_mask), self.lean_backward))
         x = self.after_attention(x)
-        return x + self.drop_path(then(self.ln_2, x, self._mlp_lean))
+        return x + self.drop_path(then(self.ln_2, x, self._mlp, self.lean_backward))
 
-    def _mlp_lean(self, x):
-        return then(self.mlp.gelu, self.mlp.c_fc(x), self.mlp.c_proj)
+    def _mlp(self, x):
+        """self.mlp(x), its activation under the block's lean backward."""
+        return then(self.mlp.gelu, self.mlp.c_fc(x), self.mlp.c_proj, self.lean_backward)
 
 
 class Transformer(nn.Module):

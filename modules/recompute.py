@@ -74,9 +74,10 @@ class _Recomputable:
         self.saved, self.output = saved, output.detach()
 
 
-def then(fn, x, consumer):
-    """consumer(fn(x)), keeping for backward only what fn(x) cannot cheaply give again (module doc)."""
-    if not torch.is_grad_enabled():
+def then(fn, x, consumer, lean=True):
+    """consumer(fn(x)), keeping for backward only what fn(x) cannot cheaply give again (module doc);
+    with `lean` False, or outside gradient mode, a plain call."""
+    if not (lean and torch.is_grad_enabled()):
         return consumer(fn(x))
     state = _Recomputable(fn, x)
     with saved_tensors_hooks(state.pack_inner, state.unpack):
